@@ -54,3 +54,75 @@ pub fn process_alive(pid: i32) -> bool {
         Err(e) => e == rustix::io::Errno::PERM,
     }
 }
+
+/// Sends SIGTERM to `pid` (a process strata started).
+pub fn terminate(pid: i32) -> io::Result<()> {
+    let pid = rustix::process::Pid::from_raw(pid)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "invalid pid"))?;
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM)?;
+    Ok(())
+}
+
+/// Detaches the mount at `path` now (`umount2(MNT_DETACH)`); the kernel finishes the unmount
+/// when the last user lets go.
+pub fn unmount_lazy(path: &Path) -> io::Result<()> {
+    rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH)?;
+    Ok(())
+}
+
+/// The file system type and source of the mount whose mount point is exactly `path`
+/// (the top-most one), from `/proc/self/mountinfo`.
+pub fn mount_at(path: &Path) -> Option<(String, String)> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = path.as_os_str().as_encoded_bytes();
+    let mut found = None;
+    for line in info.lines() {
+        let mut fields = line.split(' ');
+        let Some(mp) = fields.nth(4) else { continue };
+        if unescape_mountinfo(mp) != want {
+            continue;
+        }
+        let mut rest = line.split(" - ").nth(1).unwrap_or("").split(' ');
+        let fstype = rest.next().unwrap_or("").to_string();
+        let source = rest.next().unwrap_or("").to_string();
+        found = Some((fstype, source));
+    }
+    found
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_unescape() {
+        assert_eq!(unescape_mountinfo(r"/mnt/a\040b"), b"/mnt/a b");
+        assert_eq!(unescape_mountinfo(r"/x\134y"), b"/x\\y");
+        assert_eq!(unescape_mountinfo("/plain"), b"/plain");
+    }
+
+    #[test]
+    fn finds_the_root_mount() {
+        assert!(mount_at(Path::new("/")).is_some());
+    }
+}

@@ -1,0 +1,202 @@
+//! The read-only merged view, mounted through the library (no CLI), against kernel overlayfs
+//! over the same layer tars: every name, type, mode, owner, size, mtime, content, link target,
+//! device number, xattr, nlink and hard-link group must be the same.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use common::*;
+use strata::layer::LayerStore;
+
+/// Directories a layer tar only implies (it has entries below them but none for them). GNU tar
+/// creates those with the extraction time and default owner, so overlayfs shows arbitrary
+/// attributes for them, while strata keeps the lower layer's. Their own attributes are not
+/// compared; everything inside them is.
+fn implied_dirs(layers: &[PathBuf]) -> Vec<Vec<u8>> {
+    let mut out = BTreeSet::new();
+    for tar in layers {
+        let mut explicit = BTreeSet::new();
+        let mut parents = BTreeSet::new();
+        let mut a = tar::Archive::new(std::fs::File::open(tar).unwrap());
+        for e in a.entries().unwrap() {
+            let e = e.unwrap();
+            let p = e.path_bytes().into_owned();
+            let p: Vec<&[u8]> = p
+                .split(|&b| b == b'/')
+                .filter(|c| !c.is_empty() && *c != b".")
+                .collect();
+            if e.header().entry_type().is_dir() {
+                explicit.insert(p.join(&b'/'));
+            }
+            for i in 0..p.len() {
+                parents.insert(p[..i].join(&b'/'));
+            }
+        }
+        out.extend(parents.difference(&explicit).cloned());
+    }
+    out.into_iter().collect()
+}
+
+fn mount_with_library(
+    root: &Path,
+    layers: &[PathBuf],
+    mountpoint: &Path,
+) -> fuser::BackgroundSession {
+    mount_with(root, layers, mountpoint, true).0
+}
+
+fn mount_with(
+    root: &Path,
+    layers: &[PathBuf],
+    mountpoint: &Path,
+    passthrough: bool,
+) -> (
+    fuser::BackgroundSession,
+    std::sync::Arc<strata::fs::FsStats>,
+) {
+    let store = LayerStore::open(root).unwrap();
+    let mut ids = Vec::new();
+    for tar in layers {
+        let staged = store
+            .stage(std::fs::File::open(tar).unwrap(), None)
+            .unwrap();
+        let id = staged.diff_id().clone();
+        let locks = store.lock(std::slice::from_ref(&id)).unwrap();
+        store.commit(staged, &locks).unwrap();
+        ids.push(id);
+    }
+    let mut fs = strata::fs::read_only(&store, &ids).unwrap();
+    if !passthrough {
+        fs = fs.without_passthrough();
+    }
+    let stats = fs.stats();
+    let config = strata::fs::read_only_config("strata-test", 2);
+    (
+        strata::fs::mount(fs, mountpoint, &config)
+            .unwrap()
+            .spawn()
+            .unwrap(),
+        stats,
+    )
+}
+
+/// Kernel ≥ 6.9 offers FUSE passthrough; these machines run 6.18.
+fn kernel_has_passthrough() -> bool {
+    let r = rustix::system::uname();
+    let rel = r.release().to_string_lossy();
+    let mut it = rel
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u32>().ok());
+    let (maj, min) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+    (maj, min) >= (6, 9)
+}
+
+fn compare_with_overlayfs(passthrough: bool) -> std::sync::Arc<strata::fs::FsStats> {
+    let layers = sample_layers();
+    let oracle = OverlayOracle::mount(&layers);
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let (session, stats) = mount_with(&tmp.path().join("root"), &layers, &mnt, passthrough);
+    let _guard = MountGuard(mnt.clone());
+
+    let kernel = Snapshot::take(&oracle.mountpoint);
+    let ours = Snapshot::take(&mnt);
+    assert!(
+        kernel.entries.len() > 150,
+        "sample image too small: {}",
+        kernel.entries.len()
+    );
+    assert_same_tree(&kernel, &ours, &implied_dirs(&layers));
+    drop(session);
+    stats
+}
+
+#[test]
+fn merged_view_matches_kernel_overlayfs_with_passthrough() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let stats = compare_with_overlayfs(true);
+    if kernel_has_passthrough() {
+        assert!(
+            stats.passthrough.load(Relaxed),
+            "kernel offers passthrough but the mount did not take it"
+        );
+        assert!(stats.passthrough_opens.load(Relaxed) > 10);
+        assert_eq!(
+            stats.plain_reads.load(Relaxed),
+            0,
+            "reads crossed userspace despite passthrough"
+        );
+    }
+}
+
+#[test]
+fn merged_view_matches_kernel_overlayfs_with_userspace_reads() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let stats = compare_with_overlayfs(false);
+    assert!(!stats.passthrough.load(Relaxed));
+    assert!(stats.plain_reads.load(Relaxed) > 50);
+}
+
+#[test]
+fn every_write_is_refused_with_erofs() {
+    let layers = sample_layers();
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let _session = mount_with_library(&tmp.path().join("root"), &layers, &mnt);
+    let _guard = MountGuard(mnt.clone());
+
+    let erofs = |r: std::io::Result<()>, what: &str| {
+        let e = r.expect_err(what);
+        assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{what}: {e}");
+    };
+    let f = mnt.join("www/index.html");
+    erofs(std::fs::write(mnt.join("new"), b"x"), "create");
+    erofs(
+        std::fs::OpenOptions::new().write(true).open(&f).map(drop),
+        "open for write",
+    );
+    erofs(std::fs::remove_file(&f), "unlink");
+    erofs(std::fs::create_dir(mnt.join("d")), "mkdir");
+    erofs(std::fs::remove_dir(mnt.join("tmp")), "rmdir");
+    erofs(std::fs::rename(&f, mnt.join("www/x")), "rename");
+    erofs(std::fs::hard_link(&f, mnt.join("www/x")), "link");
+    erofs(
+        std::os::unix::fs::symlink("x", mnt.join("www/x")),
+        "symlink",
+    );
+    erofs(
+        std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o600)),
+        "chmod",
+    );
+    erofs(
+        rustix::fs::lsetxattr(&f, "user.x", b"1", rustix::fs::XattrFlags::empty())
+            .map_err(Into::into),
+        "setxattr",
+    );
+    // Reads still work, through passthrough or the fallback.
+    let mut s = String::new();
+    std::fs::File::open(&f)
+        .unwrap()
+        .read_to_string(&mut s)
+        .unwrap();
+    assert_eq!(s, "hello from strata\n");
+}
+
+#[test]
+fn too_long_names_get_enametoolong() {
+    let layers = sample_layers();
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let _session = mount_with_library(&tmp.path().join("root"), &layers, &mnt);
+    let _guard = MountGuard(mnt.clone());
+    let e = std::fs::symlink_metadata(mnt.join("x".repeat(256))).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENAMETOOLONG));
+    let e = std::fs::symlink_metadata(mnt.join("x".repeat(255))).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
+}

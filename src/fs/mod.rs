@@ -1,0 +1,120 @@
+//! The merged view of an image's layers, served over FUSE.
+//!
+//! Owns the overlay semantics (`tree`), the FUSE adapter (`fuse`) and the rules for where a
+//! mount may go. Must never modify a layer, and never mount where the mount could serve
+//! itself (inside the state root: a FUSE request would then wait on the FUSE daemon).
+
+mod fuse;
+pub mod tree;
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub use fuse::{FsStats, ReadOnlyFs};
+pub use tree::MergedTree;
+
+use crate::digest::Digest;
+use crate::layer::{LayerError, LayerStore};
+
+/// Why a mount was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("mount point {0} does not exist")]
+    Missing(PathBuf),
+    #[error("mount point {0} is not a directory")]
+    NotADirectory(PathBuf),
+    #[error("mount point {0} is not empty (its contents would be hidden); use an empty directory")]
+    NotEmpty(PathBuf),
+    #[error(
+        "mount point {mountpoint} is inside the strata state root {root}; that would deadlock, choose a directory outside it"
+    )]
+    InsideStateRoot { mountpoint: PathBuf, root: PathBuf },
+    #[error(transparent)]
+    Layer(#[from] LayerError),
+    #[error("cannot mount on {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+/// Checks that `mountpoint` is an existing, empty directory outside the state root, and
+/// returns its canonical path.
+pub fn check_mountpoint(mountpoint: &Path, state_root: &Path) -> Result<PathBuf, MountError> {
+    let meta = match std::fs::metadata(mountpoint) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(MountError::Missing(mountpoint.to_path_buf()));
+        }
+        Err(e) => {
+            return Err(MountError::Io {
+                path: mountpoint.to_path_buf(),
+                source: e,
+            });
+        }
+    };
+    if !meta.is_dir() {
+        return Err(MountError::NotADirectory(mountpoint.to_path_buf()));
+    }
+    let canon = std::fs::canonicalize(mountpoint).map_err(|e| MountError::Io {
+        path: mountpoint.to_path_buf(),
+        source: e,
+    })?;
+    if let Ok(root) = std::fs::canonicalize(state_root)
+        && (canon.starts_with(&root) || root.starts_with(&canon))
+    {
+        return Err(MountError::InsideStateRoot {
+            mountpoint: canon,
+            root,
+        });
+    }
+    let mut rd = std::fs::read_dir(&canon).map_err(|e| MountError::Io {
+        path: canon.clone(),
+        source: e,
+    })?;
+    if rd.next().is_some() {
+        return Err(MountError::NotEmpty(canon));
+    }
+    Ok(canon)
+}
+
+/// Builds the read-only file system of `layers` (bottom first) from the store.
+pub fn read_only(store: &LayerStore, layers: &[Digest]) -> Result<ReadOnlyFs, MountError> {
+    let mut indexes = Vec::with_capacity(layers.len());
+    let mut dirs = Vec::with_capacity(layers.len());
+    for id in layers {
+        indexes.push(store.index(id)?);
+        dirs.push(store.data_dir(id));
+    }
+    let tree = MergedTree::build(&indexes);
+    drop(indexes);
+    Ok(ReadOnlyFs::new(tree, dirs))
+}
+
+/// Mount options of a read-only inspection mount: `nosuid,nodev` because the image is not
+/// trusted (its setuid bits and device nodes are shown, never honoured).
+pub fn read_only_config(fsname: &str, threads: usize) -> fuser::Config {
+    use fuser::MountOption as O;
+    let mut c = fuser::Config::default();
+    c.mount_options = vec![
+        O::FSName(fsname.to_string()),
+        O::Subtype("strata".into()),
+        O::RO,
+        O::NoSuid,
+        O::NoDev,
+        O::DefaultPermissions,
+    ];
+    c.acl = fuser::SessionACL::All;
+    c.n_threads = Some(threads.max(1));
+    c.clone_fd = threads > 1;
+    c
+}
+
+/// Mounts `fs` on `mountpoint`; the mount is live (INIT answered) when this returns.
+pub fn mount(
+    fs: ReadOnlyFs,
+    mountpoint: &Path,
+    config: &fuser::Config,
+) -> Result<fuser::Session<ReadOnlyFs>, MountError> {
+    fuser::Session::new(fs, mountpoint, config).map_err(|e| MountError::Io {
+        path: mountpoint.to_path_buf(),
+        source: e,
+    })
+}
