@@ -37,6 +37,9 @@ pub enum NodeKind {
     },
 }
 
+/// Extended attributes of a node, `(name, value)`, sorted by name.
+pub type Xattrs = Box<[(Box<[u8]>, Box<[u8]>)]>;
+
 /// One inode of the merged view.
 #[derive(Debug, Clone)]
 pub struct Node {
@@ -52,7 +55,7 @@ pub struct Node {
     pub mtime: i64,
     pub mtime_nsec: u32,
     pub nlink: u32,
-    pub xattrs: Box<[(Box<[u8]>, Box<[u8]>)]>,
+    pub xattrs: Xattrs,
 }
 
 impl Node {
