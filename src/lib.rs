@@ -5,5 +5,6 @@
 //! the merged view served over FUSE; `cli` is the command-line edge.
 
 pub mod digest;
+pub mod image;
 pub mod layer;
 pub mod sys;
