@@ -37,7 +37,7 @@ impl Progress {
         }
         let pb = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
         if let Ok(style) = ProgressStyle::with_template(
-            "{msg:<40!} [{bar:30}] {bytes:>10}/{total_bytes:<10} {bytes_per_sec:>12} {eta}",
+            "{msg:<23!} [{wide_bar}] {bytes:>10}/{total_bytes:<10} {eta:>3}",
         ) {
             pb.set_style(style.progress_chars("=> "));
         }
