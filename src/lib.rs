@@ -6,5 +6,6 @@
 
 pub mod digest;
 pub mod fs;
+pub mod image;
 pub mod layer;
 pub mod sys;

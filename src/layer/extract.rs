@@ -156,6 +156,11 @@ impl Builder<'_> {
                             WriteError::Short(got) => bad(format!(
                                 "declared size {size} but the archive holds {got} bytes"
                             )),
+                            // The tar reader ends a short entry with `Ok(0)`; an error here
+                            // comes from the decompressor (truncated or corrupt stream).
+                            WriteError::Read(e) => {
+                                LayerError::Corrupt(format!("reading {:?}: {e}", show(&raw_path)))
+                            }
                             WriteError::Io(e) => LayerError::Io {
                                 path: show(&raw_path),
                                 source: e,
@@ -379,7 +384,11 @@ impl Builder<'_> {
 }
 
 enum WriteError {
+    /// The entry's data ended early.
     Short(u64),
+    /// Reading the stream failed.
+    Read(io::Error),
+    /// Writing the data file failed.
     Io(io::Error),
 }
 
@@ -398,10 +407,7 @@ fn write_data(r: &mut impl Read, dst: &Path, size: u64) -> Result<(), WriteError
             Ok(0) => return Err(WriteError::Short(done)),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                return Err(WriteError::Short(done));
-            }
-            Err(e) => return Err(WriteError::Io(e)),
+            Err(e) => return Err(WriteError::Read(e)),
         };
         for block in buf[..n].chunks(4096) {
             if block.iter().all(|&b| b == 0) {
