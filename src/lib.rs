@@ -4,6 +4,7 @@
 //! content-addressed layer store; `image` owns image records and the archive formats; `fs` is
 //! the merged view served over FUSE; `cli` is the command-line edge.
 
+pub mod cli;
 pub mod digest;
 pub mod fs;
 pub mod image;

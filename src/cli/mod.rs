@@ -1,0 +1,109 @@
+//! The command-line edge: parses Docker-style verbs, calls the library, prints results.
+//!
+//! Owns argument syntax, output formats and exit codes (125 for strata's own errors, as
+//! Docker). Holds no logic that a library user would need: anything worth testing without a
+//! terminal belongs in `image`, `layer` or `fs`.
+
+mod images;
+mod mount;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code for strata's own errors (Docker's convention).
+pub const EXIT_TOOL_ERROR: i32 = 125;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "strata",
+    version,
+    about = "Containers on a userspace layered file system"
+)]
+pub struct Cli {
+    /// State root: images, layers, containers.
+    #[arg(
+        long,
+        global = true,
+        env = "STRATA_ROOT",
+        default_value = "/var/lib/strata"
+    )]
+    pub root: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Load images from an OCI layout directory, an OCI archive or a docker-archive.
+    Load {
+        /// The archive or directory (`-i` as in `docker load -i`).
+        #[arg(short, long = "input", value_name = "PATH")]
+        input: Option<PathBuf>,
+        #[arg(value_name = "PATH", conflicts_with = "input")]
+        path: Option<PathBuf>,
+        /// Print only the loaded image IDs.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Create a one-layer image from a rootfs tarball (plain, gzip or zstd), like `docker import`.
+    Import {
+        tarball: PathBuf,
+        /// `name[:tag]` for the new image.
+        reference: Option<String>,
+    },
+    /// List images.
+    #[command(alias = "image-ls")]
+    Images {
+        #[arg(long)]
+        json: bool,
+        /// Show only image IDs.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Add a name to an image.
+    Tag { source: String, target: String },
+    /// Remove images (untag; delete when no tag is left; free unused layers).
+    Rmi {
+        #[arg(required = true)]
+        images: Vec<String>,
+        /// Remove an image even when it has several tags.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Show an image's configuration and layers as JSON.
+    Inspect {
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Mount an image's merged root file system read-only.
+    Mount(mount::MountArgs),
+    /// Unmount a strata mount.
+    Umount { mountpoint: PathBuf },
+    /// (internal) Serve a detached mount; started by `mount -d`.
+    #[command(name = "__serve-mount", hide = true)]
+    ServeMount(mount::MountArgs),
+}
+
+/// Runs the parsed command; `Err` becomes exit code 125 with the message on stderr.
+pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    let root = cli.root;
+    match cli.command {
+        Command::Load { input, path, quiet } => {
+            let Some(path) = input.or(path) else {
+                anyhow::bail!("load needs an archive or directory: strata load PATH (or -i PATH)");
+            };
+            images::load(&root, &path, quiet)
+        }
+        Command::Import { tarball, reference } => {
+            images::import(&root, &tarball, reference.as_deref())
+        }
+        Command::Images { json, quiet } => images::list(&root, json, quiet),
+        Command::Tag { source, target } => images::tag(&root, &source, &target),
+        Command::Rmi { images, force } => images::rmi(&root, &images, force),
+        Command::Inspect { images } => images::inspect(&root, &images),
+        Command::Mount(args) => mount::mount(&root, args),
+        Command::ServeMount(args) => mount::serve(&root, args),
+        Command::Umount { mountpoint } => mount::umount(&root, &mountpoint),
+    }
+}

@@ -1,0 +1,222 @@
+//! `strata mount` / `umount`: a read-only merged rootfs served by a FUSE daemon.
+//!
+//! `mount -d` re-executes strata as a detached daemon (`__serve-mount`) and returns once the
+//! mount is live; the daemon records itself in `<root>/mounts/` so `umount` can stop it, and
+//! unmounts cleanly on SIGINT/SIGTERM/SIGHUP or when someone unmounts it from outside.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command as Process, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+use tracing::{info, info_span, warn};
+
+use crate::digest::Digest;
+use crate::fs;
+use crate::image::ImageStore;
+use crate::sys;
+
+#[derive(Args, Debug, Clone)]
+pub struct MountArgs {
+    /// Image name, name:tag or ID.
+    pub image: String,
+    /// An existing, empty directory outside the state root.
+    pub mountpoint: PathBuf,
+    /// Run in the background; return once the mount is live.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// FUSE worker threads.
+    #[arg(long, default_value_t = 4, hide = true)]
+    pub threads: usize,
+}
+
+/// What `<root>/mounts/<key>.json` says about a live mount.
+#[derive(Serialize, Deserialize, Debug)]
+struct MountRecord {
+    pid: i32,
+    mountpoint: PathBuf,
+    image: String,
+}
+
+/// The FUSE `fsname` of strata mounts, as `/proc/self/mountinfo` shows it.
+const FSNAME: &str = "strata";
+const READY: &str = "ready";
+
+fn record_path(root: &Path, mountpoint: &Path) -> PathBuf {
+    let key = Digest::of(mountpoint.as_os_str().as_encoded_bytes());
+    root.join("mounts")
+        .join(format!("{}.json", &key.hex()[..16]))
+}
+
+pub fn mount(root: &Path, args: MountArgs) -> anyhow::Result<i32> {
+    let store = ImageStore::open(root)?;
+    let image = store.resolve(&args.image)?;
+    let mountpoint = fs::check_mountpoint(&args.mountpoint, root)?;
+    if !args.detach {
+        eprintln!(
+            "mounting {} on {} (Ctrl-C or `strata umount` to unmount)",
+            args.image,
+            mountpoint.display()
+        );
+        return serve_image(
+            root,
+            &store,
+            &image.layers,
+            &args.image,
+            &mountpoint,
+            args.threads,
+            false,
+        );
+    }
+    std::fs::create_dir_all(root.join("mounts"))?;
+    let log_path = record_path(root, &mountpoint).with_extension("log");
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
+    let exe = std::env::current_exe().context("locating the strata executable")?;
+    let mut child = Process::new(exe)
+        .arg("--root")
+        .arg(root)
+        .arg("__serve-mount")
+        .arg(&args.image)
+        .arg(&mountpoint)
+        .arg("--threads")
+        .arg(args.threads.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("starting the mount daemon")?;
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        BufReader::new(out).read_line(&mut line)?;
+    }
+    if line.trim() == READY {
+        println!("{}", mountpoint.display());
+        return Ok(0);
+    }
+    let _ = child.wait();
+    let why = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&log_path);
+    bail!("mount daemon failed: {}", why.trim())
+}
+
+use std::os::unix::process::CommandExt;
+
+/// The detached daemon: mounts, says "ready" on stdout, serves until unmounted.
+pub fn serve(root: &Path, args: MountArgs) -> anyhow::Result<i32> {
+    let store = ImageStore::open(root)?;
+    let image = store.resolve(&args.image)?;
+    let mountpoint = fs::check_mountpoint(&args.mountpoint, root)?;
+    serve_image(
+        root,
+        &store,
+        &image.layers,
+        &args.image,
+        &mountpoint,
+        args.threads,
+        true,
+    )
+}
+
+fn serve_image(
+    root: &Path,
+    store: &ImageStore,
+    layers: &[Digest],
+    image: &str,
+    mountpoint: &Path,
+    threads: usize,
+    say_ready: bool,
+) -> anyhow::Result<i32> {
+    let span = info_span!("mount", image, mountpoint = %mountpoint.display());
+    let _g = span.enter();
+    let started = Instant::now();
+    let filesystem = fs::read_only(store.layers(), layers)?;
+    let config = fs::read_only_config(FSNAME, threads);
+    let mut session = fs::mount(filesystem, mountpoint, &config)?;
+    info!(elapsed_ms = started.elapsed().as_millis() as u64, "mounted");
+
+    let record = record_path(root, mountpoint);
+    std::fs::create_dir_all(root.join("mounts"))?;
+    let body = serde_json::to_vec(&MountRecord {
+        pid: std::process::id() as i32,
+        mountpoint: mountpoint.to_path_buf(),
+        image: image.to_string(),
+    })?;
+    std::fs::write(&record, body)?;
+
+    // Unmount on the usual termination signals; the session loop then ends by itself.
+    let mut unmounter = session.unmount_callable();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ])?;
+    let mp = mountpoint.to_path_buf();
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            info!(sig, "signal: unmounting");
+            if let Err(e) = unmounter.unmount() {
+                // Busy (a shell sits in it): detach now, the kernel finishes when it is free.
+                warn!(error = %e, "unmount failed; detaching lazily");
+                let _ = sys::unmount_lazy(&mp);
+            }
+        }
+    });
+
+    if say_ready {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{READY}")?;
+        out.flush()?;
+    }
+    let result = session.run();
+    let _ = std::fs::remove_file(&record);
+    let _ = std::fs::remove_file(record.with_extension("log"));
+    result.context("serving the mount")?;
+    info!("unmounted");
+    Ok(0)
+}
+
+pub fn umount(root: &Path, mountpoint: &Path) -> anyhow::Result<i32> {
+    // A mount whose daemon died answers stat with ENOTCONN: fall back to the plain absolute path.
+    let path = std::fs::canonicalize(mountpoint)
+        .unwrap_or_else(|_| std::path::absolute(mountpoint).unwrap_or(mountpoint.to_path_buf()));
+    let record_file = record_path(root, &path);
+    let record: Option<MountRecord> = std::fs::read(&record_file)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let mounted = || {
+        sys::mount_at(&path)
+            .is_some_and(|(fstype, source)| fstype.starts_with("fuse") && source == FSNAME)
+    };
+    if let Some(rec) = &record
+        && sys::process_alive(rec.pid)
+    {
+        sys::terminate(rec.pid)?;
+        // Bounded wait: 100 × 100 ms.
+        for _ in 0..100 {
+            if !sys::process_alive(rec.pid) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if sys::process_alive(rec.pid) {
+            bail!(
+                "the mount daemon (pid {}) did not stop within 10 s",
+                rec.pid
+            );
+        }
+    }
+    if mounted() {
+        // No live daemon (killed, or a mount of another strata): drop the dead mount.
+        sys::unmount_lazy(&path).with_context(|| format!("unmounting {}", path.display()))?;
+    } else if record.is_none() {
+        bail!("{} is not a strata mount", mountpoint.display());
+    }
+    let _ = std::fs::remove_file(&record_file);
+    let _ = std::fs::remove_file(record_file.with_extension("log"));
+    Ok(0)
+}
