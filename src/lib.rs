@@ -9,4 +9,5 @@ pub mod digest;
 pub mod fs;
 pub mod image;
 pub mod layer;
+pub mod rwlayer;
 pub mod sys;

@@ -5,6 +5,7 @@
 //! unmounts cleanly on SIGINT/SIGTERM/SIGHUP or when someone unmounts it from outside.
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command as Process, Stdio};
 use std::time::{Duration, Instant};
@@ -28,6 +29,12 @@ pub struct MountArgs {
     /// Run in the background; return once the mount is live.
     #[arg(short, long)]
     pub detach: bool,
+    /// Writable: changes land in the writable layer given with --layer.
+    #[arg(long)]
+    pub rw: bool,
+    /// The writable layer directory (created when missing; reused on the next mount).
+    #[arg(long, value_name = "DIR", requires = "rw")]
+    pub layer: Option<PathBuf>,
     /// FUSE worker threads.
     #[arg(long, default_value_t = 4, hide = true)]
     pub threads: usize,
@@ -55,6 +62,7 @@ pub fn mount(root: &Path, args: MountArgs) -> anyhow::Result<i32> {
     let store = ImageStore::open(root)?;
     let image = store.resolve(&args.image)?;
     let mountpoint = fs::check_mountpoint(&args.mountpoint, root)?;
+    let layer = layer_dir(&args, &mountpoint)?;
     if !args.detach {
         eprintln!(
             "mounting {} on {} (Ctrl-C or `strata umount` to unmount)",
@@ -65,9 +73,9 @@ pub fn mount(root: &Path, args: MountArgs) -> anyhow::Result<i32> {
             root,
             &store,
             &image.layers,
-            &args.image,
+            &args,
             &mountpoint,
-            args.threads,
+            layer.as_deref(),
             false,
         );
     }
@@ -84,6 +92,13 @@ pub fn mount(root: &Path, args: MountArgs) -> anyhow::Result<i32> {
         .arg(&mountpoint)
         .arg("--threads")
         .arg(args.threads.to_string())
+        .args(layer.iter().flat_map(|l| {
+            [
+                std::ffi::OsStr::new("--rw"),
+                std::ffi::OsStr::new("--layer"),
+                l.as_os_str(),
+            ]
+        }))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log)
@@ -104,20 +119,36 @@ pub fn mount(root: &Path, args: MountArgs) -> anyhow::Result<i32> {
     bail!("mount daemon failed: {}", why.trim())
 }
 
-use std::os::unix::process::CommandExt;
+/// The writable layer directory of a `--rw` mount, made absolute (the daemon may run
+/// elsewhere) and checked not to be inside the mount it serves.
+fn layer_dir(args: &MountArgs, mountpoint: &Path) -> anyhow::Result<Option<PathBuf>> {
+    if !args.rw {
+        return Ok(None);
+    }
+    let Some(layer) = &args.layer else {
+        bail!("--rw needs --layer DIR: the directory that keeps the changes");
+    };
+    let abs = std::path::absolute(layer)?;
+    let probe = std::fs::canonicalize(&abs).unwrap_or(abs.clone());
+    if probe.starts_with(mountpoint) {
+        return Err(fs::MountError::LayerInsideMount(abs).into());
+    }
+    Ok(Some(abs))
+}
 
 /// The detached daemon: mounts, says "ready" on stdout, serves until unmounted.
 pub fn serve(root: &Path, args: MountArgs) -> anyhow::Result<i32> {
     let store = ImageStore::open(root)?;
     let image = store.resolve(&args.image)?;
     let mountpoint = fs::check_mountpoint(&args.mountpoint, root)?;
+    let layer = layer_dir(&args, &mountpoint)?;
     serve_image(
         root,
         &store,
         &image.layers,
-        &args.image,
+        &args,
         &mountpoint,
-        args.threads,
+        layer.as_deref(),
         true,
     )
 }
@@ -126,19 +157,40 @@ fn serve_image(
     root: &Path,
     store: &ImageStore,
     layers: &[Digest],
-    image: &str,
+    args: &MountArgs,
     mountpoint: &Path,
-    threads: usize,
+    layer: Option<&Path>,
     say_ready: bool,
 ) -> anyhow::Result<i32> {
-    let span = info_span!("mount", image, mountpoint = %mountpoint.display());
+    let span = info_span!("mount", image = args.image, mountpoint = %mountpoint.display(), rw = layer.is_some());
     let _g = span.enter();
     let started = Instant::now();
-    let filesystem = fs::read_only(store.layers(), layers)?;
-    let config = fs::read_only_config(FSNAME, threads);
-    let mut session = fs::mount(filesystem, mountpoint, &config)?;
-    info!(elapsed_ms = started.elapsed().as_millis() as u64, "mounted");
+    match layer {
+        Some(dir) => {
+            let filesystem = fs::read_write(store.layers(), layers, dir)?;
+            let config = fs::read_write_config(FSNAME, args.threads);
+            let session = fs::mount(filesystem, mountpoint, &config)?;
+            info!(elapsed_ms = started.elapsed().as_millis() as u64, "mounted");
+            serve_session(root, session, &args.image, mountpoint, say_ready)
+        }
+        None => {
+            let filesystem = fs::read_only(store.layers(), layers)?;
+            let config = fs::read_only_config(FSNAME, args.threads);
+            let session = fs::mount(filesystem, mountpoint, &config)?;
+            info!(elapsed_ms = started.elapsed().as_millis() as u64, "mounted");
+            serve_session(root, session, &args.image, mountpoint, say_ready)
+        }
+    }
+}
 
+/// Records the mount, serves it until it is unmounted (by a signal or from outside), cleans up.
+fn serve_session<F: fuser::Filesystem>(
+    root: &Path,
+    mut session: fuser::Session<F>,
+    image: &str,
+    mountpoint: &Path,
+    say_ready: bool,
+) -> anyhow::Result<i32> {
     let record = record_path(root, mountpoint);
     std::fs::create_dir_all(root.join("mounts"))?;
     let body = serde_json::to_vec(&MountRecord {

@@ -175,7 +175,7 @@ fn file_type(k: &NodeKind) -> FileType {
     }
 }
 
-fn to_time(sec: i64, nsec: u32) -> SystemTime {
+pub(super) fn to_time(sec: i64, nsec: u32) -> SystemTime {
     if sec >= 0 {
         UNIX_EPOCH + Duration::new(sec as u64, nsec)
     } else {
@@ -184,7 +184,7 @@ fn to_time(sec: i64, nsec: u32) -> SystemTime {
 }
 
 /// Replies to a getxattr/listxattr-style request for `value`.
-fn reply_sized(reply: ReplyXattr, size: u32, value: &[u8]) {
+pub(super) fn reply_sized(reply: ReplyXattr, size: u32, value: &[u8]) {
     if size == 0 {
         reply.size(value.len() as u32);
     } else if (size as usize) < value.len() {

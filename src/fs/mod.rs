@@ -5,16 +5,20 @@
 //! itself (inside the state root: a FUSE request would then wait on the FUSE daemon).
 
 mod fuse;
+mod rwfuse;
 pub mod tree;
+pub mod view;
 
 use std::io;
 use std::path::{Path, PathBuf};
 
 pub use fuse::{FsStats, ReadOnlyFs};
+pub use rwfuse::WritableFs;
 pub use tree::MergedTree;
 
 use crate::digest::Digest;
 use crate::layer::{LayerError, LayerStore};
+use crate::rwlayer::{RwError, RwLayer};
 
 /// Why a mount was refused.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +35,10 @@ pub enum MountError {
     InsideStateRoot { mountpoint: PathBuf, root: PathBuf },
     #[error(transparent)]
     Layer(#[from] LayerError),
+    #[error(transparent)]
+    RwLayer(#[from] RwError),
+    #[error("the writable layer {0} is inside the mount point; put it elsewhere")]
+    LayerInsideMount(PathBuf),
     #[error("cannot mount on {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
 }
@@ -75,17 +83,49 @@ pub fn check_mountpoint(mountpoint: &Path, state_root: &Path) -> Result<PathBuf,
     Ok(canon)
 }
 
-/// Builds the read-only file system of `layers` (bottom first) from the store.
-pub fn read_only(store: &LayerStore, layers: &[Digest]) -> Result<ReadOnlyFs, MountError> {
+fn merged(store: &LayerStore, layers: &[Digest]) -> Result<(MergedTree, Vec<PathBuf>), MountError> {
     let mut indexes = Vec::with_capacity(layers.len());
     let mut dirs = Vec::with_capacity(layers.len());
     for id in layers {
         indexes.push(store.index(id)?);
         dirs.push(store.data_dir(id));
     }
-    let tree = MergedTree::build(&indexes);
-    drop(indexes);
+    Ok((MergedTree::build(&indexes), dirs))
+}
+
+/// Builds the read-only file system of `layers` (bottom first) from the store.
+pub fn read_only(store: &LayerStore, layers: &[Digest]) -> Result<ReadOnlyFs, MountError> {
+    let (tree, dirs) = merged(store, layers)?;
     Ok(ReadOnlyFs::new(tree, dirs))
+}
+
+/// The name a writable layer records for the lower chain it belongs to.
+pub fn chain_id(layers: &[Digest]) -> Digest {
+    let joined: Vec<&str> = layers.iter().map(Digest::as_str).collect();
+    Digest::of(joined.join("\n").as_bytes())
+}
+
+/// Builds the writable file system of `layers` with the writable layer at `layer_dir`
+/// (created when missing; refused when it is not a strata layer of this image or is in use).
+pub fn read_write(
+    store: &LayerStore,
+    layers: &[Digest],
+    layer_dir: &Path,
+) -> Result<WritableFs, MountError> {
+    let (tree, dirs) = merged(store, layers)?;
+    let layer = RwLayer::open(layer_dir, chain_id(layers).as_str())?;
+    let view = view::View::new(tree, dirs, layer)?;
+    Ok(WritableFs::new(view))
+}
+
+/// Mount options of a writable mount: `nosuid,nodev` (the image is not trusted), `noatime`
+/// (no write per read), kernel permission checks from the attributes strata reports.
+pub fn read_write_config(fsname: &str, threads: usize) -> fuser::Config {
+    use fuser::MountOption as O;
+    let mut c = read_only_config(fsname, threads);
+    c.mount_options.retain(|o| *o != O::RO);
+    c.mount_options.extend([O::RW, O::NoAtime]);
+    c
 }
 
 /// Mount options of a read-only inspection mount: `nosuid,nodev` because the image is not
@@ -108,11 +148,11 @@ pub fn read_only_config(fsname: &str, threads: usize) -> fuser::Config {
 }
 
 /// Mounts `fs` on `mountpoint`; the mount is live (INIT answered) when this returns.
-pub fn mount(
-    fs: ReadOnlyFs,
+pub fn mount<F: fuser::Filesystem>(
+    fs: F,
     mountpoint: &Path,
     config: &fuser::Config,
-) -> Result<fuser::Session<ReadOnlyFs>, MountError> {
+) -> Result<fuser::Session<F>, MountError> {
     fuser::Session::new(fs, mountpoint, config).map_err(|e| MountError::Io {
         path: mountpoint.to_path_buf(),
         source: e,

@@ -1,0 +1,647 @@
+//! The FUSE adapter for a writable merged view: each request becomes one call on [`View`].
+//!
+//! Nothing here decides semantics; it converts types, keeps file and directory handles, and
+//! picks the cache flags. Reads and writes go through userspace: with FUSE passthrough the
+//! kernel allows one backing file per inode, and a lower file being copied up would need two.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use tracing::instrument;
+
+use super::fuse::{reply_sized, to_time};
+use super::view::{Attr, Caller, SetAttr, View};
+use crate::rwlayer::{FileKind, Ts};
+
+/// Every change goes through this mount, and the kernel updates or drops what it caches on
+/// each one, so cached names and attributes stay right.
+const TTL: Duration = Duration::from_secs(3600);
+const MAX_WRITE: u32 = 1 << 20;
+
+type DirSnapshot = Arc<Vec<(Box<[u8]>, u64, FileKind)>>;
+
+/// The writable file system of one mount.
+pub struct WritableFs {
+    view: Arc<View>,
+    /// Open files: handle → inode.
+    files: Mutex<HashMap<u64, u64>>,
+    /// Open directories: a listing taken at `opendir`, so entries removed while a reader walks
+    /// the directory never make it skip others (`rm -rf`).
+    dirs: Mutex<HashMap<u64, DirSnapshot>>,
+    next_fh: AtomicU64,
+}
+
+impl WritableFs {
+    pub fn new(view: View) -> Self {
+        WritableFs {
+            view: Arc::new(view),
+            files: Mutex::default(),
+            dirs: Mutex::default(),
+            next_fh: AtomicU64::new(1),
+        }
+    }
+
+    fn fh(&self) -> u64 {
+        self.next_fh.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+fn e(errno: i32) -> Errno {
+    Errno::from_i32(errno)
+}
+
+fn ftype(k: FileKind) -> FileType {
+    match k {
+        FileKind::Dir => FileType::Directory,
+        FileKind::File => FileType::RegularFile,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+        FileKind::CharDev => FileType::CharDevice,
+        FileKind::BlockDev => FileType::BlockDevice,
+    }
+}
+
+fn fattr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: to_time(a.atime.sec, a.atime.nsec),
+        mtime: to_time(a.mtime.sec, a.mtime.nsec),
+        ctime: to_time(a.ctime.sec, a.ctime.nsec),
+        crtime: to_time(a.ctime.sec, a.ctime.nsec),
+        kind: ftype(a.kind),
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+fn ts(t: SystemTime) -> Ts {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => Ts {
+            sec: d.as_secs() as i64,
+            nsec: d.subsec_nanos(),
+        },
+        Err(before) => {
+            let d = before.duration();
+            let (mut sec, mut nsec) = (-(d.as_secs() as i64), d.subsec_nanos());
+            if nsec > 0 {
+                sec -= 1;
+                nsec = 1_000_000_000 - nsec;
+            }
+            Ts { sec, nsec }
+        }
+    }
+}
+
+fn time_or_now(t: TimeOrNow) -> Ts {
+    match t {
+        TimeOrNow::SpecificTime(t) => ts(t),
+        TimeOrNow::Now => Ts::now(),
+    }
+}
+
+fn who(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+impl Filesystem for WritableFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_readahead(1 << 20);
+        let _ = config.set_max_write(MAX_WRITE);
+        let wanted = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_MAX_PAGES
+            | InitFlags::FUSE_ATOMIC_O_TRUNC;
+        let _ = config.add_capabilities(wanted & config.capabilities());
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        let _ = self.view.sync_all();
+    }
+
+    #[instrument(level = "debug", skip_all, fields(parent = parent.0, name = ?name))]
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.view.lookup(parent.0, name.as_bytes()) {
+            Ok(a) => reply.entry(&TTL, &fattr(&a), Generation(0)),
+            Err(x) => reply.error(e(x)),
+        }
+    }
+
+    #[instrument(level = "debug", skip_all, fields(ino = ino.0))]
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.view.getattr(ino.0) {
+            Ok(a) => reply.attr(&TTL, &fattr(&a)),
+            Err(x) => reply.error(e(x)),
+        }
+    }
+
+    #[instrument(level = "debug", skip_all, fields(ino = ino.0))]
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(time_or_now),
+            mtime: mtime.map(time_or_now),
+            ctime: ctime.map(ts),
+        };
+        match self.view.setattr(ino.0, &set) {
+            Ok(a) => reply.attr(&TTL, &fattr(&a)),
+            Err(x) => reply.error(e(x)),
+        }
+    }
+
+    #[instrument(level = "debug", skip_all, fields(ino = ino.0))]
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.view.readlink(ino.0) {
+            Ok(t) => reply.data(&t),
+            Err(x) => reply.error(e(x)),
+        }
+    }
+
+    #[instrument(level = "debug", skip_all, fields(parent = parent.0, name = ?name))]
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        match self
+            .view
+            .make(who(req), parent.0, name.as_bytes(), mode, rdev, None)
+        {
+            Ok(a) => reply.entry(&TTL, &fattr(&a), Generation(0)),
+            Err(x) => reply.error(e(x)),
+        }
+    }
+
+    #[instrument(level = "debug", skip_all, fields(parent = parent.0, name = ?name))]
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        match self.view.make(
+            who(req),
+            parent.0,
+            name.as_bytes(),
+            mode | libc::S_IFDIR,
+            0,
+            None,
+        ) {
+            Ok(a) => reply.entry(&TTL, &fattr(&a), Generation(0)),
+            Err(x) => reply.error(e(x)),
+        }
+    }
+
+    #[instrument(level = "debug", skip_all, fields(parent = parent.0, name = ?name))]
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        let target = target.as_os_str().as_bytes();
+        match self.view.make(
+            who(req),
+            parent.0,
+            name.as_bytes(),
+            libc::S_IFLNK | 0o777,
+            0,
+            Some(target),
+        ) {
+            Ok(a) => reply.entry(&TTL, &fattr(&a), Generation(0)),
+            Err(x) => reply.error(e(x)),
+        }
+    }
+
+    #[instrument(level = "debug", skip_all, fields(parent = parent.0, name = ?name))]
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.view.unlink(parent.0, name.as_bytes()) {
+            Ok(()) => reply.ok(),
+            Err(x) => reply.error(e(x)),
+        }
+    }
+
+    #[instrument(level = "debug", skip_all, fields(parent = parent.0, name = ?name))]
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.view.rmdir(parent.0, name.as_bytes()) {
+            Ok(()) => reply.ok(),
+            Err(x) => reply.error(e(x)),
+        }
+    }
+
+    #[instrument(level = "debug", skip_all, fields(parent = parent.0, name = ?name, newparent = newparent.0, newname = ?newname))]
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        match self.view.rename(
+            parent.0,
+            name.as_bytes(),
+            newparent.0,
+            newname.as_bytes(),
+            flags.bits(),
+        ) {
+            Ok(()) => reply.ok(),
+            Err(x) => reply.error(e(x)),
+        }
+    }
+
+    #[instrument(level = "debug", skip_all, fields(ino = ino.0, newparent = newparent.0, newname = ?newname))]
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        match self.view.link(ino.0, newparent.0, newname.as_bytes()) {
+            Ok(a) => reply.entry(&TTL, &fattr(&a), Generation(0)),
+            Err(x) => reply.error(e(x)),
+        }
+    }
+
+    #[instrument(level = "debug", skip_all, fields(ino = ino.0))]
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if let Err(x) = self.view.open(ino.0) {
+            return reply.error(e(x));
+        }
+        if flags.0 & libc::O_TRUNC != 0
+            && flags.0 & libc::O_ACCMODE != libc::O_RDONLY
+            && let Err(x) = self.view.setattr(
+                ino.0,
+                &SetAttr {
+                    size: Some(0),
+                    ..Default::default()
+                },
+            )
+        {
+            let _ = self.view.release(ino.0);
+            return reply.error(e(x));
+        }
+        let fh = self.fh();
+        self.files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fh, ino.0);
+        // Without O_TRUNC the cached pages are still right: every write came through here.
+        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+    }
+
+    #[instrument(level = "debug", skip_all, fields(parent = parent.0, name = ?name))]
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let a = match self.view.make(
+            who(req),
+            parent.0,
+            name.as_bytes(),
+            mode | libc::S_IFREG,
+            0,
+            None,
+        ) {
+            Ok(a) => a,
+            Err(x) => return reply.error(e(x)),
+        };
+        if let Err(x) = self.view.open(a.ino) {
+            return reply.error(e(x));
+        }
+        let fh = self.fh();
+        self.files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fh, a.ino);
+        reply.created(
+            &TTL,
+            &fattr(&a),
+            Generation(0),
+            FileHandle(fh),
+            FopenFlags::FOPEN_KEEP_CACHE,
+        );
+    }
+
+    #[instrument(level = "debug", skip_all, fields(ino = ino.0, offset, size))]
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.view.read(ino.0, offset, size) {
+            Ok(d) => reply.data(&d),
+            Err(x) => reply.error(e(x)),
+        }
+    }
+
+    #[instrument(level = "debug", skip_all, fields(ino = ino.0, offset, len = data.len()))]
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.view.write(ino.0, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(x) => reply.error(e(x)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    #[instrument(level = "debug", skip_all, fields(ino = ino.0))]
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh.0);
+        match self.view.release(ino.0) {
+            Ok(()) => reply.ok(),
+            Err(x) => reply.error(e(x)),
+        }
+    }
+
+    #[instrument(level = "debug", skip_all, fields(ino = ino.0, datasync))]
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.view.fsync(ino.0, datasync) {
+            Ok(()) => reply.ok(),
+            Err(x) => reply.error(e(x)),
+        }
+    }
+
+    #[instrument(level = "debug", skip_all, fields(ino = ino.0))]
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.view.readdir(ino.0) {
+            Ok((parent, mut entries)) => {
+                entries.insert(0, (b".."[..].into(), parent, FileKind::Dir));
+                entries.insert(0, (b"."[..].into(), ino.0, FileKind::Dir));
+                let fh = self.fh();
+                self.dirs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(fh, Arc::new(entries));
+                reply.opened(
+                    FileHandle(fh),
+                    FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+                );
+            }
+            Err(x) => reply.error(e(x)),
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh.0);
+        reply.ok();
+    }
+
+    #[instrument(level = "debug", skip_all, fields(ino = ino.0, offset))]
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(snap) = self
+            .dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh.0)
+            .cloned()
+        else {
+            return reply.error(Errno::EBADF);
+        };
+        let _ = ino;
+        for (i, (name, child, kind)) in snap.iter().enumerate().skip(offset as usize) {
+            if reply.add(
+                INodeNo(*child),
+                i as u64 + 1,
+                ftype(*kind),
+                OsStr::from_bytes(name),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    #[instrument(level = "debug", skip_all, fields(ino = ino.0, offset))]
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let Some(snap) = self
+            .dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh.0)
+            .cloned()
+        else {
+            return reply.error(Errno::EBADF);
+        };
+        let _ = ino;
+        for (i, (name, child, _)) in snap.iter().enumerate().skip(offset as usize) {
+            // An entry removed since opendir is skipped rather than shown stale.
+            let Ok(a) = self.view.getattr(*child) else {
+                continue;
+            };
+            if reply.add(
+                INodeNo(*child),
+                i as u64 + 1,
+                OsStr::from_bytes(name),
+                &TTL,
+                &fattr(&a),
+                Generation(0),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.view.statfs() {
+            Ok((blocks, bfree, bavail, ffree, bsize)) => reply.statfs(
+                blocks,
+                bfree,
+                bavail,
+                ffree.saturating_add(1 << 20),
+                ffree,
+                bsize,
+                255,
+                bsize,
+            ),
+            Err(x) => reply.error(e(x)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        match self.view.setxattr(ino.0, name.as_bytes(), value, flags) {
+            Ok(()) => reply.ok(),
+            Err(x) => reply.error(e(x)),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.view.getxattr(ino.0, name.as_bytes()) {
+            Ok(v) => reply_sized(reply, size, &v),
+            Err(x) => reply.error(e(x)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.view.listxattr(ino.0) {
+            Ok(v) => reply_sized(reply, size, &v),
+            Err(x) => reply.error(e(x)),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.view.removexattr(ino.0, name.as_bytes()) {
+            Ok(()) => reply.ok(),
+            Err(x) => reply.error(e(x)),
+        }
+    }
+
+    #[instrument(level = "debug", skip_all, fields(ino = ino.0, offset, length, mode))]
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        match self.view.fallocate(ino.0, offset, length, mode) {
+            Ok(()) => reply.ok(),
+            Err(x) => reply.error(e(x)),
+        }
+    }
+}

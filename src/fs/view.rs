@@ -1,0 +1,1176 @@
+//! The writable merged view: the immutable lower tree plus one writable layer, with the
+//! POSIX semantics of every file system operation, as plain Rust (no FUSE types).
+//!
+//! Model. Every inode has one number for its whole life: lower inodes keep the number the
+//! [`MergedTree`] gave them (also after copy-up), inodes created here get numbers from
+//! [`FIRST_UPPER_INO`] up, never reused. A lower inode that changes gets a record in the
+//! writable layer (metadata copy-up: no data is copied). A directory whose entries change is
+//! *materialised*: its whole listing moves into the layer, so deletions need no whiteouts and
+//! `rmdir` + `mkdir` is naturally opaque. File data is copied up per [`CHUNK`]: a lower file
+//! being written keeps reading unchanged chunks from the lower layer.
+//!
+//! All state lives in memory (loaded in O(changes) at mount) and every change is written
+//! through to the layer as one atomic batch before the operation returns; `fsync` makes it
+//! durable. One mutex guards the state; file data I/O happens outside it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use libc::c_int;
+use tracing::warn;
+
+use super::tree::{MergedTree, Node, NodeKind};
+use crate::rwlayer::{Batch, CHUNK, Data, FIRST_UPPER_INO, FileKind, Inode, RwError, RwLayer, Ts};
+
+/// An errno value.
+pub type Errno = c_int;
+pub type Res<T> = Result<T, Errno>;
+
+const MAX_NAME: usize = 255;
+
+/// What `stat` says about an inode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: FileKind,
+    pub perm: u16,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub rdev: u32,
+    pub atime: Ts,
+    pub mtime: Ts,
+    pub ctime: Ts,
+}
+
+/// Who asks: the caller's fsuid/fsgid, for the owner of new inodes.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A `setattr` request; `None` leaves a field alone.
+#[derive(Clone, Debug, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<Ts>,
+    pub mtime: Option<Ts>,
+    pub ctime: Option<Ts>,
+}
+
+/// `rename` flags (Linux `renameat2`).
+pub const RENAME_NOREPLACE: u32 = 1;
+pub const RENAME_EXCHANGE: u32 = 2;
+
+struct State {
+    inodes: HashMap<u64, Inode>,
+    dirs: HashMap<u64, BTreeMap<Box<[u8]>, u64>>,
+    chunks: HashMap<u64, Vec<u8>>,
+    next_ino: u64,
+    /// Open handles per inode: an unlinked inode lives until the last one closes.
+    open: HashMap<u64, u32>,
+}
+
+/// The writable merged view of one mount.
+pub struct View {
+    lower: MergedTree,
+    lower_data: Vec<PathBuf>,
+    layer: RwLayer,
+    st: Mutex<State>,
+    /// Open backing files, so reads and writes do not open(2) per request.
+    files: Mutex<HashMap<u64, Arc<File>>>,
+}
+
+/// Backing files kept open at most.
+const OPEN_FILES: usize = 1024;
+
+fn kind_of_node(k: &NodeKind) -> FileKind {
+    match k {
+        NodeKind::Dir { .. } => FileKind::Dir,
+        NodeKind::File { .. } => FileKind::File,
+        NodeKind::Symlink { .. } => FileKind::Symlink,
+        NodeKind::Fifo => FileKind::Fifo,
+        NodeKind::Socket => FileKind::Socket,
+        NodeKind::CharDev { .. } => FileKind::CharDev,
+        NodeKind::BlockDev { .. } => FileKind::BlockDev,
+    }
+}
+
+fn kind_from_mode(mode: u32) -> Res<FileKind> {
+    Ok(match mode & libc::S_IFMT {
+        libc::S_IFREG | 0 => FileKind::File,
+        libc::S_IFDIR => FileKind::Dir,
+        libc::S_IFLNK => FileKind::Symlink,
+        libc::S_IFIFO => FileKind::Fifo,
+        libc::S_IFSOCK => FileKind::Socket,
+        libc::S_IFCHR => FileKind::CharDev,
+        libc::S_IFBLK => FileKind::BlockDev,
+        _ => return Err(libc::EINVAL),
+    })
+}
+
+fn check_name(name: &[u8]) -> Res<()> {
+    if name.len() > MAX_NAME {
+        Err(libc::ENAMETOOLONG)
+    } else if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
+        Err(libc::EINVAL)
+    } else {
+        Ok(())
+    }
+}
+
+fn io_errno(e: std::io::Error) -> Errno {
+    e.raw_os_error().unwrap_or(libc::EIO)
+}
+
+fn layer_errno(e: RwError) -> Errno {
+    match e {
+        RwError::Io { source, .. } => io_errno(source),
+        other => {
+            warn!(error = %other, "writable layer failure");
+            libc::EIO
+        }
+    }
+}
+
+fn bit(map: &[u8], c: u64) -> bool {
+    map.get((c / 8) as usize)
+        .is_some_and(|b| b & (1 << (c % 8)) != 0)
+}
+
+fn set_bit(map: &mut Vec<u8>, c: u64) {
+    let i = (c / 8) as usize;
+    if map.len() <= i {
+        map.resize(i + 1, 0);
+    }
+    map[i] |= 1 << (c % 8);
+}
+
+impl View {
+    /// Opens the view of `lower` (whose data files are in `lower_data[layer]`) with `layer`.
+    pub fn new(
+        lower: MergedTree,
+        lower_data: Vec<PathBuf>,
+        layer: RwLayer,
+    ) -> Result<Self, RwError> {
+        let l = layer.load()?;
+        let v = View {
+            lower,
+            lower_data,
+            layer,
+            st: Mutex::new(State {
+                inodes: l.inodes,
+                dirs: l.dirs,
+                chunks: l.chunks,
+                next_ino: l.next_ino,
+                open: HashMap::new(),
+            }),
+            files: Mutex::new(HashMap::new()),
+        };
+        v.collect_orphans()?;
+        Ok(v)
+    }
+
+    /// Inodes unlinked while open when the previous mount ended are garbage now.
+    fn collect_orphans(&self) -> Result<(), RwError> {
+        let mut st = self.lock();
+        let orphans: Vec<u64> = st
+            .inodes
+            .iter()
+            .filter(|(_, i)| i.nlink == 0)
+            .map(|(&n, _)| n)
+            .collect();
+        if orphans.is_empty() {
+            return Ok(());
+        }
+        let mut b = Batch::default();
+        for ino in orphans {
+            st.inodes.remove(&ino);
+            st.chunks.remove(&ino);
+            b.del_inode(ino);
+            let _ = std::fs::remove_file(self.layer.backing_path(ino));
+        }
+        self.layer.apply(b)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.st.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lower_node(&self, ino: u64) -> Option<&Node> {
+        if ino >= FIRST_UPPER_INO {
+            None
+        } else {
+            self.lower.get(ino)
+        }
+    }
+
+    /// The record of `ino`: the layer's if it has one, else made from the lower node.
+    fn inode(&self, st: &State, ino: u64) -> Res<Inode> {
+        if let Some(i) = st.inodes.get(&ino) {
+            return Ok(i.clone());
+        }
+        let n = self.lower_node(ino).ok_or(libc::ENOENT)?;
+        let t = Ts {
+            sec: n.mtime,
+            nsec: n.mtime_nsec,
+        };
+        Ok(Inode {
+            kind: kind_of_node(&n.kind),
+            perm: n.perm,
+            uid: n.uid,
+            gid: n.gid,
+            size: n.size,
+            atime: t,
+            mtime: t,
+            ctime: t,
+            nlink: n.nlink,
+            rdev: match n.kind {
+                NodeKind::CharDev { rdev } | NodeKind::BlockDev { rdev } => rdev,
+                _ => 0,
+            },
+            parent: n.parent,
+            target: match &n.kind {
+                NodeKind::Symlink { target } => target.to_vec(),
+                _ => vec![],
+            },
+            xattrs: n
+                .xattrs
+                .iter()
+                .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                .collect(),
+            data: match n.kind {
+                NodeKind::File { file: Some(file) } => Data::Lower {
+                    layer: n.layer,
+                    file,
+                },
+                _ => Data::None,
+            },
+            materialized: false,
+        })
+    }
+
+    fn attr_of(ino: u64, i: &Inode) -> Attr {
+        Attr {
+            ino,
+            kind: i.kind,
+            perm: i.perm,
+            nlink: i.nlink,
+            uid: i.uid,
+            gid: i.gid,
+            size: i.size,
+            rdev: i.rdev,
+            atime: i.atime,
+            mtime: i.mtime,
+            ctime: i.ctime,
+        }
+    }
+
+    fn child(&self, st: &State, dir: u64, name: &[u8]) -> Res<Option<u64>> {
+        if let Some(entries) = st.dirs.get(&dir) {
+            return Ok(entries.get(name).copied());
+        }
+        let d = self.inode(st, dir)?;
+        if d.kind != FileKind::Dir {
+            return Err(libc::ENOTDIR);
+        }
+        if d.materialized {
+            return Ok(None);
+        }
+        Ok(self.lower_node(dir).and_then(|n| n.child(name)))
+    }
+
+    fn children(&self, st: &State, dir: u64) -> Res<Vec<(Box<[u8]>, u64)>> {
+        if let Some(entries) = st.dirs.get(&dir) {
+            return Ok(entries.iter().map(|(n, &i)| (n.clone(), i)).collect());
+        }
+        let d = self.inode(st, dir)?;
+        if d.kind != FileKind::Dir {
+            return Err(libc::ENOTDIR);
+        }
+        if d.materialized {
+            return Ok(vec![]);
+        }
+        Ok(match self.lower_node(dir).map(|n| &n.kind) {
+            Some(NodeKind::Dir { children }) => children.to_vec(),
+            _ => vec![],
+        })
+    }
+
+    /// Saves `i` as the layer's record of `ino`.
+    fn put(&self, st: &mut State, b: &mut Batch, ino: u64, i: Inode) {
+        b.put_inode(ino, &i);
+        st.inodes.insert(ino, i);
+    }
+
+    /// Moves a directory's listing into the layer (once), so its entries can change.
+    fn materialize(&self, st: &mut State, b: &mut Batch, dir: u64) -> Res<()> {
+        if st.dirs.contains_key(&dir) {
+            return Ok(());
+        }
+        let entries = self.children(st, dir)?;
+        let mut d = self.inode(st, dir)?;
+        let mut map = BTreeMap::new();
+        for (name, ino) in entries {
+            b.put_dirent(dir, &name, ino);
+            map.insert(name, ino);
+        }
+        st.dirs.insert(dir, map);
+        d.materialized = true;
+        self.put(st, b, dir, d);
+        Ok(())
+    }
+
+    fn set_entry(&self, st: &mut State, b: &mut Batch, dir: u64, name: &[u8], ino: u64) -> Res<()> {
+        self.materialize(st, b, dir)?;
+        b.put_dirent(dir, name, ino);
+        st.dirs.entry(dir).or_default().insert(name.into(), ino);
+        Ok(())
+    }
+
+    fn remove_entry(&self, st: &mut State, b: &mut Batch, dir: u64, name: &[u8]) -> Res<()> {
+        self.materialize(st, b, dir)?;
+        b.del_dirent(dir, name);
+        if let Some(d) = st.dirs.get_mut(&dir) {
+            d.remove(name);
+        }
+        Ok(())
+    }
+
+    /// mtime and ctime of a directory whose entries changed; `nlink_delta` for subdirectories.
+    fn touch_dir(
+        &self,
+        st: &mut State,
+        b: &mut Batch,
+        dir: u64,
+        nlink_delta: i32,
+        now: Ts,
+    ) -> Res<()> {
+        let mut d = self.inode(st, dir)?;
+        d.mtime = now;
+        d.ctime = now;
+        d.nlink = d.nlink.saturating_add_signed(nlink_delta).max(2);
+        self.put(st, b, dir, d);
+        Ok(())
+    }
+
+    fn commit(&self, b: Batch) -> Res<()> {
+        self.layer.apply(b).map_err(layer_errno)
+    }
+
+    // ---- queries -------------------------------------------------------------------------
+
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> Res<Attr> {
+        if name.len() > MAX_NAME {
+            return Err(libc::ENAMETOOLONG);
+        }
+        let st = self.lock();
+        let ino = self.child(&st, parent, name)?.ok_or(libc::ENOENT)?;
+        Ok(Self::attr_of(ino, &self.inode(&st, ino)?))
+    }
+
+    pub fn getattr(&self, ino: u64) -> Res<Attr> {
+        let st = self.lock();
+        Ok(Self::attr_of(ino, &self.inode(&st, ino)?))
+    }
+
+    pub fn readlink(&self, ino: u64) -> Res<Vec<u8>> {
+        let st = self.lock();
+        let i = self.inode(&st, ino)?;
+        if i.kind != FileKind::Symlink {
+            return Err(libc::EINVAL);
+        }
+        Ok(i.target)
+    }
+
+    /// The entries of a directory (without `.` and `..`), with their kinds, and its parent.
+    pub fn readdir(&self, dir: u64) -> Res<(u64, Listing)> {
+        let st = self.lock();
+        let d = self.inode(&st, dir)?;
+        if d.kind != FileKind::Dir {
+            return Err(libc::ENOTDIR);
+        }
+        let mut out = Vec::new();
+        for (name, ino) in self.children(&st, dir)? {
+            let kind = match st.inodes.get(&ino) {
+                Some(i) => i.kind,
+                None => self
+                    .lower_node(ino)
+                    .map(|n| kind_of_node(&n.kind))
+                    .unwrap_or(FileKind::File),
+            };
+            out.push((name, ino, kind));
+        }
+        let parent = if dir == super::tree::ROOT_INO {
+            dir
+        } else {
+            d.parent
+        };
+        Ok((parent, out))
+    }
+
+    pub fn getxattr(&self, ino: u64, name: &[u8]) -> Res<Vec<u8>> {
+        let st = self.lock();
+        let i = self.inode(&st, ino)?;
+        i.xattrs
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v)
+            .ok_or(libc::ENODATA)
+    }
+
+    pub fn listxattr(&self, ino: u64) -> Res<Vec<u8>> {
+        let st = self.lock();
+        let mut out = Vec::new();
+        for (n, _) in self.inode(&st, ino)?.xattrs {
+            out.extend_from_slice(&n);
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    /// Total, free and available blocks (of 4 KiB) and free inodes where the layer lives.
+    pub fn statfs(&self) -> Res<(u64, u64, u64, u64, u32)> {
+        let s = rustix::fs::statvfs(self.layer.dir()).map_err(|e| e.raw_os_error())?;
+        Ok((
+            s.f_blocks,
+            s.f_bfree,
+            s.f_bavail,
+            s.f_ffree,
+            s.f_frsize as u32,
+        ))
+    }
+
+    // ---- namespace changes ---------------------------------------------------------------
+
+    /// Creates a new inode named `name` in `parent`: a file, directory, symlink or special file.
+    pub fn make(
+        &self,
+        who: Caller,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        rdev: u32,
+        target: Option<&[u8]>,
+    ) -> Res<Attr> {
+        check_name(name)?;
+        let kind = if target.is_some() {
+            FileKind::Symlink
+        } else {
+            kind_from_mode(mode)?
+        };
+        let mut st = self.lock();
+        let p = self.inode(&st, parent)?;
+        if p.kind != FileKind::Dir {
+            return Err(libc::ENOTDIR);
+        }
+        if p.nlink == 0 {
+            return Err(libc::ENOENT);
+        }
+        if self.child(&st, parent, name)?.is_some() {
+            return Err(libc::EEXIST);
+        }
+        let now = Ts::now();
+        let mut perm = (mode & 0o7777) as u16;
+        // BSD group semantics in a setgid directory, as the kernel gives local file systems.
+        let gid = if p.perm & libc::S_ISGID as u16 != 0 {
+            if kind == FileKind::Dir {
+                perm |= libc::S_ISGID as u16;
+            }
+            p.gid
+        } else {
+            who.gid
+        };
+        if kind == FileKind::Symlink {
+            perm = 0o777;
+        }
+        let ino = st.next_ino;
+        st.next_ino += 1;
+        let target = target.map(<[u8]>::to_vec).unwrap_or_default();
+        let inode = Inode {
+            kind,
+            perm,
+            uid: who.uid,
+            gid,
+            size: if kind == FileKind::Symlink {
+                target.len() as u64
+            } else {
+                0
+            },
+            atime: now,
+            mtime: now,
+            ctime: now,
+            nlink: if kind == FileKind::Dir { 2 } else { 1 },
+            rdev: if matches!(kind, FileKind::CharDev | FileKind::BlockDev) {
+                rdev
+            } else {
+                0
+            },
+            parent,
+            target,
+            xattrs: vec![],
+            data: Data::None,
+            materialized: kind == FileKind::Dir,
+        };
+        let mut b = Batch::default();
+        b.set_next_ino(st.next_ino);
+        if kind == FileKind::Dir {
+            st.dirs.insert(ino, BTreeMap::new());
+        }
+        let attr = Self::attr_of(ino, &inode);
+        self.put(&mut st, &mut b, ino, inode);
+        self.set_entry(&mut st, &mut b, parent, name, ino)?;
+        self.touch_dir(
+            &mut st,
+            &mut b,
+            parent,
+            i32::from(kind == FileKind::Dir),
+            now,
+        )?;
+        self.commit(b)?;
+        Ok(attr)
+    }
+
+    /// A new name for an existing non-directory inode.
+    pub fn link(&self, ino: u64, parent: u64, name: &[u8]) -> Res<Attr> {
+        check_name(name)?;
+        let mut st = self.lock();
+        let mut i = self.inode(&st, ino)?;
+        if i.kind == FileKind::Dir {
+            return Err(libc::EPERM);
+        }
+        if self.child(&st, parent, name)?.is_some() {
+            return Err(libc::EEXIST);
+        }
+        let now = Ts::now();
+        let mut b = Batch::default();
+        i.nlink += 1;
+        i.ctime = now;
+        let attr = Self::attr_of(ino, &i);
+        self.put(&mut st, &mut b, ino, i);
+        self.set_entry(&mut st, &mut b, parent, name, ino)?;
+        self.touch_dir(&mut st, &mut b, parent, 0, now)?;
+        self.commit(b)?;
+        Ok(attr)
+    }
+
+    /// Drops one name of `ino`; frees it when no name and no open handle is left.
+    fn drop_link(&self, st: &mut State, b: &mut Batch, ino: u64, now: Ts) -> Res<()> {
+        let mut i = self.inode(st, ino)?;
+        i.nlink = if i.kind == FileKind::Dir {
+            0
+        } else {
+            i.nlink.saturating_sub(1)
+        };
+        i.ctime = now;
+        if i.nlink == 0 && st.open.get(&ino).copied().unwrap_or(0) == 0 {
+            self.free(st, b, ino);
+        } else {
+            self.put(st, b, ino, i);
+        }
+        Ok(())
+    }
+
+    fn free(&self, st: &mut State, b: &mut Batch, ino: u64) {
+        st.inodes.remove(&ino);
+        st.chunks.remove(&ino);
+        if let Some(entries) = st.dirs.remove(&ino) {
+            for name in entries.keys() {
+                b.del_dirent(ino, name);
+            }
+        }
+        b.del_inode(ino);
+        self.files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&ino);
+        let _ = std::fs::remove_file(self.layer.backing_path(ino));
+    }
+
+    pub fn unlink(&self, parent: u64, name: &[u8]) -> Res<()> {
+        if name.len() > MAX_NAME {
+            return Err(libc::ENAMETOOLONG);
+        }
+        let mut st = self.lock();
+        let ino = self.child(&st, parent, name)?.ok_or(libc::ENOENT)?;
+        if self.inode(&st, ino)?.kind == FileKind::Dir {
+            return Err(libc::EISDIR);
+        }
+        let now = Ts::now();
+        let mut b = Batch::default();
+        self.remove_entry(&mut st, &mut b, parent, name)?;
+        self.touch_dir(&mut st, &mut b, parent, 0, now)?;
+        self.drop_link(&mut st, &mut b, ino, now)?;
+        self.commit(b)
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &[u8]) -> Res<()> {
+        if name.len() > MAX_NAME {
+            return Err(libc::ENAMETOOLONG);
+        }
+        let mut st = self.lock();
+        let ino = self.child(&st, parent, name)?.ok_or(libc::ENOENT)?;
+        if self.inode(&st, ino)?.kind != FileKind::Dir {
+            return Err(libc::ENOTDIR);
+        }
+        if !self.children(&st, ino)?.is_empty() {
+            return Err(libc::ENOTEMPTY);
+        }
+        let now = Ts::now();
+        let mut b = Batch::default();
+        self.remove_entry(&mut st, &mut b, parent, name)?;
+        self.touch_dir(&mut st, &mut b, parent, -1, now)?;
+        self.drop_link(&mut st, &mut b, ino, now)?;
+        self.commit(b)
+    }
+
+    fn parent_of(&self, st: &State, dir: u64) -> Res<u64> {
+        Ok(self.inode(st, dir)?.parent)
+    }
+
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &[u8],
+        newparent: u64,
+        newname: &[u8],
+        flags: u32,
+    ) -> Res<()> {
+        if name.len() > MAX_NAME {
+            return Err(libc::ENAMETOOLONG);
+        }
+        check_name(newname)?;
+        if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0
+            || flags & RENAME_NOREPLACE != 0 && flags & RENAME_EXCHANGE != 0
+        {
+            return Err(libc::EINVAL);
+        }
+        let mut st = self.lock();
+        let src = self.child(&st, parent, name)?.ok_or(libc::ENOENT)?;
+        let dst = self.child(&st, newparent, newname)?;
+        if self.inode(&st, newparent)?.kind != FileKind::Dir {
+            return Err(libc::ENOTDIR);
+        }
+        if flags & RENAME_NOREPLACE != 0 && dst.is_some() {
+            return Err(libc::EEXIST);
+        }
+        if flags & RENAME_EXCHANGE != 0 && dst.is_none() {
+            return Err(libc::ENOENT);
+        }
+        let src_i = self.inode(&st, src)?;
+        let src_dir = src_i.kind == FileKind::Dir;
+        // A directory may not move below itself.
+        if src_dir && parent != newparent {
+            let mut at = newparent;
+            for _ in 0..4096 {
+                if at == src {
+                    return Err(libc::EINVAL);
+                }
+                if at == super::tree::ROOT_INO {
+                    break;
+                }
+                at = self.parent_of(&st, at)?;
+            }
+        }
+        let now = Ts::now();
+        let mut b = Batch::default();
+        if flags & RENAME_EXCHANGE != 0 {
+            let dst = dst.ok_or(libc::ENOENT)?;
+            let mut dst_i = self.inode(&st, dst)?;
+            if dst_i.kind == FileKind::Dir && dst_i.parent != newparent {
+                // Only reachable through a stale parent; keep it consistent.
+                dst_i.parent = newparent;
+            }
+            if dst_i.kind == FileKind::Dir && parent != newparent {
+                let mut at = parent;
+                for _ in 0..4096 {
+                    if at == dst {
+                        return Err(libc::EINVAL);
+                    }
+                    if at == super::tree::ROOT_INO {
+                        break;
+                    }
+                    at = self.parent_of(&st, at)?;
+                }
+            }
+            self.set_entry(&mut st, &mut b, parent, name, dst)?;
+            self.set_entry(&mut st, &mut b, newparent, newname, src)?;
+            let dst_dir = dst_i.kind == FileKind::Dir;
+            let mut src_i = src_i;
+            src_i.parent = if src_dir { newparent } else { src_i.parent };
+            src_i.ctime = now;
+            dst_i.parent = if dst_dir { parent } else { dst_i.parent };
+            dst_i.ctime = now;
+            self.put(&mut st, &mut b, src, src_i);
+            self.put(&mut st, &mut b, dst, dst_i);
+            let delta = i32::from(dst_dir) - i32::from(src_dir);
+            if parent != newparent {
+                self.touch_dir(&mut st, &mut b, parent, delta, now)?;
+                self.touch_dir(&mut st, &mut b, newparent, -delta, now)?;
+            } else {
+                self.touch_dir(&mut st, &mut b, parent, 0, now)?;
+            }
+            return self.commit(b);
+        }
+        if let Some(dst) = dst {
+            if dst == src {
+                return Ok(());
+            }
+            let dst_i = self.inode(&st, dst)?;
+            match (src_dir, dst_i.kind == FileKind::Dir) {
+                (true, false) => return Err(libc::ENOTDIR),
+                (false, true) => return Err(libc::EISDIR),
+                (true, true) if !self.children(&st, dst)?.is_empty() => {
+                    return Err(libc::ENOTEMPTY);
+                }
+                _ => {}
+            }
+            if dst_i.kind == FileKind::Dir {
+                self.touch_dir(&mut st, &mut b, newparent, -1, now)?;
+            }
+            self.drop_link(&mut st, &mut b, dst, now)?;
+        }
+        self.remove_entry(&mut st, &mut b, parent, name)?;
+        self.set_entry(&mut st, &mut b, newparent, newname, src)?;
+        let mut src_i = self.inode(&st, src)?;
+        src_i.ctime = now;
+        if src_dir {
+            src_i.parent = newparent;
+        }
+        self.put(&mut st, &mut b, src, src_i);
+        let moved = i32::from(src_dir && parent != newparent);
+        self.touch_dir(&mut st, &mut b, parent, -moved, now)?;
+        if parent != newparent {
+            self.touch_dir(&mut st, &mut b, newparent, moved, now)?;
+        }
+        self.commit(b)
+    }
+
+    // ---- attributes ----------------------------------------------------------------------
+
+    pub fn setattr(&self, ino: u64, set: &SetAttr) -> Res<Attr> {
+        let mut st = self.lock();
+        let mut i = self.inode(&st, ino)?;
+        let now = Ts::now();
+        let mut b = Batch::default();
+        if let Some(size) = set.size {
+            if i.kind == FileKind::Dir {
+                return Err(libc::EISDIR);
+            }
+            if i.kind != FileKind::File {
+                return Err(libc::EINVAL);
+            }
+            self.truncate(&mut st, &mut b, ino, &mut i, size)?;
+            i.mtime = now;
+        }
+        if let Some(mode) = set.mode {
+            i.perm = (mode & 0o7777) as u16;
+        }
+        if let Some(uid) = set.uid {
+            i.uid = uid;
+        }
+        if let Some(gid) = set.gid {
+            i.gid = gid;
+        }
+        if let Some(t) = set.atime {
+            i.atime = t;
+        }
+        if let Some(t) = set.mtime {
+            i.mtime = t;
+        }
+        i.ctime = set.ctime.unwrap_or(now);
+        let attr = Self::attr_of(ino, &i);
+        self.put(&mut st, &mut b, ino, i);
+        self.commit(b)?;
+        Ok(attr)
+    }
+
+    pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> Res<()> {
+        let mut st = self.lock();
+        let mut i = self.inode(&st, ino)?;
+        let at = i.xattrs.iter().position(|(n, _)| n == name);
+        match at {
+            Some(_) if flags & libc::XATTR_CREATE != 0 => return Err(libc::EEXIST),
+            None if flags & libc::XATTR_REPLACE != 0 => return Err(libc::ENODATA),
+            Some(k) => i.xattrs[k].1 = value.to_vec(),
+            None => {
+                i.xattrs.push((name.to_vec(), value.to_vec()));
+                i.xattrs.sort();
+            }
+        }
+        i.ctime = Ts::now();
+        let mut b = Batch::default();
+        self.put(&mut st, &mut b, ino, i);
+        self.commit(b)
+    }
+
+    pub fn removexattr(&self, ino: u64, name: &[u8]) -> Res<()> {
+        let mut st = self.lock();
+        let mut i = self.inode(&st, ino)?;
+        let k = i
+            .xattrs
+            .iter()
+            .position(|(n, _)| n == name)
+            .ok_or(libc::ENODATA)?;
+        i.xattrs.remove(k);
+        i.ctime = Ts::now();
+        let mut b = Batch::default();
+        self.put(&mut st, &mut b, ino, i);
+        self.commit(b)
+    }
+
+    // ---- file data -----------------------------------------------------------------------
+
+    pub fn open(&self, ino: u64) -> Res<Attr> {
+        let mut st = self.lock();
+        let i = self.inode(&st, ino)?;
+        *st.open.entry(ino).or_default() += 1;
+        Ok(Self::attr_of(ino, &i))
+    }
+
+    pub fn release(&self, ino: u64) -> Res<()> {
+        let mut st = self.lock();
+        let left = match st.open.get_mut(&ino) {
+            Some(n) => {
+                *n = n.saturating_sub(1);
+                *n
+            }
+            None => 0,
+        };
+        if left == 0 {
+            st.open.remove(&ino);
+            if st
+                .inodes
+                .get(&ino)
+                .is_some_and(|i| i.nlink == 0 && i.kind != FileKind::Dir)
+            {
+                let mut b = Batch::default();
+                self.free(&mut st, &mut b, ino);
+                return self.commit(b);
+            }
+        }
+        Ok(())
+    }
+
+    fn lower_file(&self, layer: u16, file: u32) -> Res<File> {
+        let dir = self.lower_data.get(layer as usize).ok_or(libc::EIO)?;
+        File::open(dir.join(file.to_string())).map_err(io_errno)
+    }
+
+    fn backing(&self, ino: u64) -> Res<Arc<File>> {
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = files.get(&ino) {
+            return Ok(f.clone());
+        }
+        let f = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.layer.backing_path(ino))
+            .map_err(io_errno)?;
+        if files.len() >= OPEN_FILES {
+            files.clear();
+        }
+        let f = Arc::new(f);
+        files.insert(ino, f.clone());
+        Ok(f)
+    }
+
+    pub fn read(&self, ino: u64, offset: u64, size: u32) -> Res<Vec<u8>> {
+        let (i, map) = {
+            let st = self.lock();
+            (
+                self.inode(&st, ino)?,
+                st.chunks.get(&ino).cloned().unwrap_or_default(),
+            )
+        };
+        if i.kind != FileKind::File {
+            return Err(libc::EINVAL);
+        }
+        if offset >= i.size {
+            return Ok(vec![]);
+        }
+        let end = i.size.min(offset + size as u64);
+        let mut buf = vec![0u8; (end - offset) as usize];
+        match i.data {
+            Data::None => {}
+            Data::Lower { layer, file } => {
+                read_full(&self.lower_file(layer, file)?, &mut buf, offset)?
+            }
+            Data::Backing => {
+                let f = self.backing(ino)?;
+                read_full(&f, &mut buf, offset)?
+            }
+            Data::Partial {
+                layer,
+                file,
+                lower_size,
+            } => {
+                let lower = self.lower_file(layer, file)?;
+                let back = self.backing(ino)?;
+                let mut at = offset;
+                while at < end {
+                    let c = at / CHUNK;
+                    let stop = end.min((c + 1) * CHUNK);
+                    let dst = &mut buf[(at - offset) as usize..(stop - offset) as usize];
+                    if !bit(&map, c) && at < lower_size {
+                        let lower_stop = stop.min(lower_size);
+                        let (from_lower, rest) = dst.split_at_mut((lower_stop - at) as usize);
+                        read_full(&lower, from_lower, at)?;
+                        if !rest.is_empty() {
+                            read_full(&back, rest, lower_stop)?;
+                        }
+                    } else {
+                        read_full(&back, dst, at)?;
+                    }
+                    at = stop;
+                }
+            }
+        }
+        Ok(buf)
+    }
+
+    /// Makes the chunks covering `[from, to)` live in the backing file, copying from the lower
+    /// file the parts of them outside `[keep_from, keep_to)` (the caller overwrites those).
+    fn copy_up_range(
+        &self,
+        st: &mut State,
+        b: &mut Batch,
+        ino: u64,
+        i: &mut Inode,
+        (from, to): (u64, u64),
+        overwrite: (u64, u64),
+    ) -> Res<()> {
+        if let Data::Lower { layer, file } = i.data {
+            i.data = Data::Partial {
+                layer,
+                file,
+                lower_size: i.size,
+            };
+            let back = self.backing(ino)?;
+            back.set_len(i.size).map_err(io_errno)?;
+        }
+        if i.data == Data::None {
+            i.data = Data::Backing;
+            self.backing(ino)?;
+        }
+        let Data::Partial {
+            layer,
+            file,
+            lower_size,
+        } = i.data
+        else {
+            return Ok(());
+        };
+        let mut map = st.chunks.get(&ino).cloned().unwrap_or_default();
+        let total = lower_size.div_ceil(CHUNK);
+        let (mut lower, mut back) = (None, None);
+        let mut c = from / CHUNK;
+        while c * CHUNK < to.min(lower_size) {
+            if !bit(&map, c) {
+                let (cs, ce) = (c * CHUNK, ((c + 1) * CHUNK).min(lower_size));
+                for (s, e) in [
+                    (cs, overwrite.0.clamp(cs, ce)),
+                    (overwrite.1.clamp(cs, ce), ce),
+                ] {
+                    if s < e {
+                        if lower.is_none() {
+                            lower = Some(self.lower_file(layer, file)?);
+                            back = Some(self.backing(ino)?);
+                        }
+                        let mut tmp = vec![0u8; (e - s) as usize];
+                        if let (Some(l), Some(bk)) = (&lower, &back) {
+                            read_full(l, &mut tmp, s)?;
+                            bk.write_all_at(&tmp, s).map_err(io_errno)?;
+                        }
+                    }
+                }
+                set_bit(&mut map, c);
+            }
+            c += 1;
+        }
+        if (0..total).all(|c| bit(&map, c)) {
+            i.data = Data::Backing;
+            st.chunks.remove(&ino);
+            b.del_chunks(ino);
+        } else {
+            b.put_chunks(ino, &map);
+            st.chunks.insert(ino, map);
+        }
+        Ok(())
+    }
+
+    fn truncate(
+        &self,
+        st: &mut State,
+        b: &mut Batch,
+        ino: u64,
+        i: &mut Inode,
+        size: u64,
+    ) -> Res<()> {
+        if size == i.size && i.data != Data::None {
+            return Ok(());
+        }
+        if let Data::Lower { layer, file } = i.data {
+            i.data = Data::Partial {
+                layer,
+                file,
+                lower_size: i.size,
+            };
+        }
+        if i.data == Data::None {
+            i.data = Data::Backing;
+        }
+        if let Data::Partial {
+            layer,
+            file,
+            lower_size,
+        } = i.data
+        {
+            // Bytes past the new end must read as zeros if the file grows again: the lower
+            // file is visible only up to here from now on.
+            let visible = lower_size.min(size);
+            i.data = if visible == 0 {
+                Data::Backing
+            } else {
+                Data::Partial {
+                    layer,
+                    file,
+                    lower_size: visible,
+                }
+            };
+            if visible == 0 {
+                st.chunks.remove(&ino);
+                b.del_chunks(ino);
+            }
+        }
+        self.backing(ino)?.set_len(size).map_err(io_errno)?;
+        i.size = size;
+        Ok(())
+    }
+
+    pub fn write(&self, ino: u64, offset: u64, data: &[u8]) -> Res<u32> {
+        let end = offset.checked_add(data.len() as u64).ok_or(libc::EFBIG)?;
+        let mut st = self.lock();
+        let mut i = self.inode(&st, ino)?;
+        if i.kind != FileKind::File {
+            return Err(libc::EINVAL);
+        }
+        let mut b = Batch::default();
+        self.copy_up_range(&mut st, &mut b, ino, &mut i, (offset, end), (offset, end))?;
+        // The data write happens under the lock so a concurrent copy-up of the same chunk
+        // cannot overwrite it with lower bytes.
+        self.backing(ino)?
+            .write_all_at(data, offset)
+            .map_err(io_errno)?;
+        i.size = i.size.max(end);
+        let now = Ts::now();
+        i.mtime = now;
+        i.ctime = now;
+        self.put(&mut st, &mut b, ino, i);
+        self.commit(b)?;
+        Ok(data.len() as u32)
+    }
+
+    pub fn fallocate(&self, ino: u64, offset: u64, len: u64, mode: i32) -> Res<()> {
+        let end = offset.checked_add(len).ok_or(libc::EFBIG)?;
+        let mut st = self.lock();
+        let mut i = self.inode(&st, ino)?;
+        if i.kind != FileKind::File {
+            return Err(libc::ENODEV);
+        }
+        let mut b = Batch::default();
+        let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let punch = mode & libc::FALLOC_FL_PUNCH_HOLE != 0;
+        let zero = mode & libc::FALLOC_FL_ZERO_RANGE != 0;
+        if mode
+            & !(libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE)
+            != 0
+            || (punch && !keep)
+        {
+            return Err(libc::EOPNOTSUPP);
+        }
+        let copy_to = end.min(i.size);
+        // The range's chunks must come from the backing file, where the hole is made.
+        self.copy_up_range(
+            &mut st,
+            &mut b,
+            ino,
+            &mut i,
+            (offset, copy_to.max(offset)),
+            (offset, end),
+        )?;
+        let back = self.backing(ino)?;
+        rustix::fs::fallocate(
+            &back,
+            rustix::fs::FallocateFlags::from_bits_retain(mode as u32),
+            offset,
+            len,
+        )
+        .map_err(|e| e.raw_os_error())?;
+        if !keep && end > i.size {
+            i.size = end;
+        }
+        if punch || zero || !keep {
+            let now = Ts::now();
+            i.mtime = now;
+            i.ctime = now;
+        }
+        self.put(&mut st, &mut b, ino, i);
+        self.commit(b)
+    }
+
+    /// Makes the inode's data and every record durable.
+    pub fn fsync(&self, ino: u64, datasync: bool) -> Res<()> {
+        let has_backing = {
+            let st = self.lock();
+            st.inodes
+                .get(&ino)
+                .is_some_and(|i| matches!(i.data, Data::Backing | Data::Partial { .. }))
+        };
+        if has_backing {
+            let f = self.backing(ino)?;
+            if datasync {
+                f.sync_data()
+            } else {
+                f.sync_all()
+            }
+            .map_err(io_errno)?;
+        }
+        self.layer.flush().map_err(layer_errno)
+    }
+
+    /// Makes everything durable (unmount, `syncfs`).
+    pub fn sync_all(&self) -> Res<()> {
+        self.layer.flush().map_err(layer_errno)
+    }
+}
+
+fn read_full(f: &File, buf: &mut [u8], offset: u64) -> Res<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        match f.read_at(&mut buf[got..], offset + got as u64) {
+            Ok(0) => break, // past the end of the file: the rest reads as zeros
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_errno(e)),
+        }
+    }
+    buf[got..].fill(0);
+    Ok(())
+}
+
+/// Directory entries with their kinds.
+pub type Listing = Vec<(Box<[u8]>, u64, FileKind)>;
+
+/// Shared handle type for the FUSE adapter.
+pub type SharedView = Arc<View>;
