@@ -632,8 +632,19 @@ impl View {
         self.commit(b)
     }
 
-    fn parent_of(&self, st: &State, dir: u64) -> Res<u64> {
-        Ok(self.inode(st, dir)?.parent)
+    /// Whether directory `dir` is `ancestor` or lies below it.
+    fn within(&self, st: &State, mut dir: u64, ancestor: u64) -> Res<bool> {
+        // Bounded: a path has at most PATH_MAX / 2 components.
+        for _ in 0..libc::PATH_MAX {
+            if dir == ancestor {
+                return Ok(true);
+            }
+            if dir == super::tree::ROOT_INO {
+                return Ok(false);
+            }
+            dir = self.inode(st, dir)?.parent;
+        }
+        Ok(false)
     }
 
     pub fn rename(
@@ -668,38 +679,19 @@ impl View {
         let src_i = self.inode(&st, src)?;
         let src_dir = src_i.kind == FileKind::Dir;
         // A directory may not move below itself.
-        if src_dir && parent != newparent {
-            let mut at = newparent;
-            for _ in 0..4096 {
-                if at == src {
-                    return Err(libc::EINVAL);
-                }
-                if at == super::tree::ROOT_INO {
-                    break;
-                }
-                at = self.parent_of(&st, at)?;
-            }
+        if src_dir && parent != newparent && self.within(&st, newparent, src)? {
+            return Err(libc::EINVAL);
         }
         let now = Ts::now();
         let mut b = Batch::default();
         if flags & RENAME_EXCHANGE != 0 {
             let dst = dst.ok_or(libc::ENOENT)?;
             let mut dst_i = self.inode(&st, dst)?;
-            if dst_i.kind == FileKind::Dir && dst_i.parent != newparent {
-                // Only reachable through a stale parent; keep it consistent.
-                dst_i.parent = newparent;
-            }
-            if dst_i.kind == FileKind::Dir && parent != newparent {
-                let mut at = parent;
-                for _ in 0..4096 {
-                    if at == dst {
-                        return Err(libc::EINVAL);
-                    }
-                    if at == super::tree::ROOT_INO {
-                        break;
-                    }
-                    at = self.parent_of(&st, at)?;
-                }
+            if dst_i.kind == FileKind::Dir
+                && parent != newparent
+                && self.within(&st, parent, dst)?
+            {
+                return Err(libc::EINVAL);
             }
             self.set_entry(&mut st, &mut b, parent, name, dst)?;
             self.set_entry(&mut st, &mut b, newparent, newname, src)?;
@@ -1174,3 +1166,175 @@ pub type Listing = Vec<(Box<[u8]>, u64, FileKind)>;
 
 /// Shared handle type for the FUSE adapter.
 pub type SharedView = Arc<View>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::{Entry, Kind, LayerIndex};
+    use std::os::unix::fs::MetadataExt;
+
+    const ROOT: u64 = super::super::tree::ROOT_INO;
+    const BIG: u64 = 1 << 20;
+    const ME: Caller = Caller { uid: 0, gid: 0 };
+
+    fn pattern(len: u64) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8 + 1).collect()
+    }
+
+    fn entry(path: &str, kind: Kind) -> Entry {
+        Entry {
+            path: path.into(),
+            kind,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            mtime: 1,
+            mtime_nsec: 0,
+            xattrs: vec![],
+        }
+    }
+
+    /// A lower layer with `d/big` (1 MiB of a pattern) and an empty `d/sub/`, and a view over
+    /// it whose writable layer is `dir/layer`.
+    fn view(dir: &std::path::Path) -> View {
+        let data = dir.join("lower");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("0"), pattern(BIG)).unwrap();
+        let dirk = || Kind::Dir {
+            opaque: false,
+            implicit: false,
+        };
+        let index = LayerIndex {
+            entries: vec![
+                entry("", dirk()),
+                entry("d", dirk()),
+                entry(
+                    "d/big",
+                    Kind::File {
+                        size: BIG,
+                        file: 0,
+                        nlink: 1,
+                    },
+                ),
+                entry("d/sub", dirk()),
+            ],
+            files: 1,
+        };
+        let layer = RwLayer::open(&dir.join("layer"), "test").unwrap();
+        View::new(MergedTree::build(&[index]), vec![data], layer).unwrap()
+    }
+
+    fn ino(v: &View, path: &str) -> u64 {
+        path.split('/')
+            .fold(ROOT, |at, name| v.lookup(at, name.as_bytes()).unwrap().ino)
+    }
+
+    #[test]
+    fn one_byte_write_copies_one_chunk_and_keeps_the_rest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let v = view(tmp.path());
+        let big = ino(&v, "d/big");
+        v.write(big, 300_000, b"X").unwrap();
+        let mut want = pattern(BIG);
+        want[300_000] = b'X';
+        assert_eq!(v.read(big, 0, BIG as u32).unwrap(), want);
+        assert_eq!(
+            v.getattr(big).unwrap().ino,
+            big,
+            "copy-up changed the inode number"
+        );
+        let backing = std::fs::metadata(v.layer.backing_path(big)).unwrap();
+        assert!(
+            backing.blocks() * 512 <= CHUNK,
+            "copied {} bytes for a 1-byte write",
+            backing.blocks() * 512
+        );
+    }
+
+    #[test]
+    fn truncate_down_then_up_reads_zeros_and_metadata_changes_copy_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let v = view(tmp.path());
+        let big = ino(&v, "d/big");
+        v.setattr(
+            big,
+            &SetAttr {
+                mode: Some(0o600),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(!v.layer.backing_path(big).exists(), "chmod copied data");
+        v.setattr(
+            big,
+            &SetAttr {
+                size: Some(1000),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        v.setattr(
+            big,
+            &SetAttr {
+                size: Some(5000),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let got = v.read(big, 0, 5000).unwrap();
+        assert_eq!(&got[..1000], &pattern(1000)[..]);
+        assert!(
+            got[1000..].iter().all(|&b| b == 0),
+            "old lower bytes came back after truncate"
+        );
+    }
+
+    #[test]
+    fn namespace_changes_survive_reopen_with_stable_inodes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (moved, big, new) = {
+            let v = view(tmp.path());
+            let d = ino(&v, "d");
+            v.rename(ROOT, b"d", ROOT, b"moved", 0).unwrap();
+            let f = v
+                .make(ME, d, b"new", libc::S_IFREG | 0o644, 0, None)
+                .unwrap();
+            v.write(f.ino, 0, b"hello").unwrap();
+            v.link(ino(&v, "moved/big"), ROOT, b"link").unwrap();
+            assert_eq!(v.rmdir(d, b"sub"), Ok(()));
+            assert_eq!(v.rmdir(ROOT, b"moved"), Err(libc::ENOTEMPTY));
+            assert_eq!(
+                v.rename(ROOT, b"moved", d, b"x", 0),
+                Err(libc::EINVAL),
+                "dir moved into itself"
+            );
+            v.sync_all().unwrap();
+            (d, ino(&v, "moved/big"), f.ino)
+        };
+        let v = view(tmp.path());
+        assert_eq!(ino(&v, "moved"), moved);
+        assert_eq!(ino(&v, "link"), big);
+        assert_eq!(v.getattr(big).unwrap().nlink, 2);
+        assert_eq!(v.read(ino(&v, "moved/new"), 0, 100).unwrap(), b"hello");
+        assert_eq!(ino(&v, "moved/new"), new);
+        assert_eq!(v.lookup(ROOT, b"d"), Err(libc::ENOENT));
+        assert_eq!(v.lookup(moved, b"sub"), Err(libc::ENOENT));
+    }
+
+    #[test]
+    fn unlinked_open_file_lives_until_release() {
+        let tmp = tempfile::tempdir().unwrap();
+        let v = view(tmp.path());
+        let f = v
+            .make(ME, ROOT, b"tmp", libc::S_IFREG | 0o644, 0, None)
+            .unwrap();
+        v.write(f.ino, 0, b"data").unwrap();
+        v.open(f.ino).unwrap();
+        v.unlink(ROOT, b"tmp").unwrap();
+        assert_eq!(v.getattr(f.ino).unwrap().nlink, 0);
+        assert_eq!(v.read(f.ino, 0, 10).unwrap(), b"data");
+        v.release(f.ino).unwrap();
+        assert_eq!(v.getattr(f.ino), Err(libc::ENOENT));
+        assert!(!v.layer.backing_path(f.ino).exists());
+    }
+}
