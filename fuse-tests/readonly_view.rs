@@ -9,6 +9,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use common::*;
+use strata::fs::OpenMode;
 use strata::layer::LayerStore;
 
 /// Directories a layer tar only implies (it has entries below them but none for them). GNU tar
@@ -45,14 +46,14 @@ fn mount_with_library(
     layers: &[PathBuf],
     mountpoint: &Path,
 ) -> fuser::BackgroundSession {
-    mount_with(root, layers, mountpoint, true).0
+    mount_with(root, layers, mountpoint, OpenMode::Passthrough).0
 }
 
 fn mount_with(
     root: &Path,
     layers: &[PathBuf],
     mountpoint: &Path,
-    passthrough: bool,
+    mode: OpenMode,
 ) -> (
     fuser::BackgroundSession,
     std::sync::Arc<strata::fs::FsStats>,
@@ -68,10 +69,7 @@ fn mount_with(
         store.commit(staged, &locks).unwrap();
         ids.push(id);
     }
-    let mut fs = strata::fs::read_only(&store, &ids).unwrap();
-    if !passthrough {
-        fs = fs.without_passthrough();
-    }
+    let fs = strata::fs::read_only(&store, &ids).unwrap().with_mode(mode);
     let stats = fs.stats();
     let config = strata::fs::read_only_config("strata-test", 2);
     (
@@ -94,13 +92,13 @@ fn kernel_has_passthrough() -> bool {
     (maj, min) >= (6, 9)
 }
 
-fn compare_with_overlayfs(passthrough: bool) -> std::sync::Arc<strata::fs::FsStats> {
+fn compare_with_overlayfs(mode: OpenMode) -> std::sync::Arc<strata::fs::FsStats> {
     let layers = sample_layers();
     let oracle = OverlayOracle::mount(&layers);
     let tmp = tempfile::tempdir().unwrap();
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let (session, stats) = mount_with(&tmp.path().join("root"), &layers, &mnt, passthrough);
+    let (session, stats) = mount_with(&tmp.path().join("root"), &layers, &mnt, mode);
     let _guard = MountGuard(mnt.clone());
 
     let kernel = Snapshot::take(&oracle.mountpoint);
@@ -118,7 +116,7 @@ fn compare_with_overlayfs(passthrough: bool) -> std::sync::Arc<strata::fs::FsSta
 #[test]
 fn merged_view_matches_kernel_overlayfs_with_passthrough() {
     use std::sync::atomic::Ordering::Relaxed;
-    let stats = compare_with_overlayfs(true);
+    let stats = compare_with_overlayfs(OpenMode::Passthrough);
     if kernel_has_passthrough() {
         assert!(
             stats.passthrough.load(Relaxed),
@@ -136,8 +134,16 @@ fn merged_view_matches_kernel_overlayfs_with_passthrough() {
 #[test]
 fn merged_view_matches_kernel_overlayfs_with_userspace_reads() {
     use std::sync::atomic::Ordering::Relaxed;
-    let stats = compare_with_overlayfs(false);
+    let stats = compare_with_overlayfs(OpenMode::Cached);
     assert!(!stats.passthrough.load(Relaxed));
+    assert!(stats.plain_reads.load(Relaxed) > 50);
+}
+
+#[test]
+fn merged_view_matches_kernel_overlayfs_without_open_requests() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let stats = compare_with_overlayfs(OpenMode::NoOpen);
+    assert_eq!(stats.passthrough_opens.load(Relaxed), 0);
     assert!(stats.plain_reads.load(Relaxed) > 50);
 }
 

@@ -35,9 +35,38 @@ pub struct MountArgs {
     /// The writable layer directory (created when missing; reused on the next mount).
     #[arg(long, value_name = "DIR", requires = "rw")]
     pub layer: Option<PathBuf>,
+    /// How a read-only mount serves file data: `passthrough` (the kernel reads the layer
+    /// files itself), `cached` (reads through strata, kept in the page cache) or `no-open`
+    /// (no OPEN round trips at all; best for many small files read again and again).
+    #[arg(long, value_enum, default_value_t = Io::Passthrough)]
+    pub io: Io,
     /// FUSE worker threads.
     #[arg(long, default_value_t = 4, hide = true)]
     pub threads: usize,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Io {
+    Passthrough,
+    Cached,
+    NoOpen,
+}
+
+impl Io {
+    fn mode(self) -> fs::OpenMode {
+        match self {
+            Io::Passthrough => fs::OpenMode::Passthrough,
+            Io::Cached => fs::OpenMode::Cached,
+            Io::NoOpen => fs::OpenMode::NoOpen,
+        }
+    }
+    fn flag(self) -> &'static str {
+        match self {
+            Io::Passthrough => "passthrough",
+            Io::Cached => "cached",
+            Io::NoOpen => "no-open",
+        }
+    }
 }
 
 /// What `<root>/mounts/<key>.json` says about a live mount.
@@ -92,6 +121,8 @@ pub fn mount(root: &Path, args: MountArgs) -> anyhow::Result<i32> {
         .arg(&mountpoint)
         .arg("--threads")
         .arg(args.threads.to_string())
+        .arg("--io")
+        .arg(args.io.flag())
         .args(layer.iter().flat_map(|l| {
             [
                 std::ffi::OsStr::new("--rw"),
@@ -174,7 +205,7 @@ fn serve_image(
             serve_session(root, session, &args.image, mountpoint, say_ready)
         }
         None => {
-            let filesystem = fs::read_only(store.layers(), layers)?;
+            let filesystem = fs::read_only(store.layers(), layers)?.with_mode(args.io.mode());
             let config = fs::read_only_config(FSNAME, args.threads);
             let session = fs::mount(filesystem, mountpoint, &config)?;
             info!(elapsed_ms = started.elapsed().as_millis() as u64, "mounted");

@@ -28,17 +28,23 @@ use super::tree::{MergedTree, Node, NodeKind};
 /// Layers are immutable, so the kernel may cache names and attributes for as long as it likes.
 const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Backing files kept registered with the kernel after their last close, so re-opening a hot
-/// file costs no `open` + ioctl.
-const BACKING_CACHE: usize = 16 * 1024;
+/// file costs no `open` + ioctl (each costs the kernel one `struct file`, about 1 KiB). Also
+/// the bound of the per-inode file cache of userspace reads.
+const BACKING_CACHE: usize = 64 * 1024;
 const MAX_NAME: usize = 255;
 const READAHEAD: u32 = 1 << 20;
 
-/// An open regular file.
-enum Handle {
-    /// The kernel reads the data file itself; we only keep the registration alive.
-    Passthrough(#[allow(dead_code)] Arc<BackingId>),
-    /// We serve reads with `pread`.
-    Plain(File),
+/// How regular files are opened and read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenMode {
+    /// FUSE passthrough: the kernel reads the layer's data file itself (one OPEN round trip
+    /// per open, no data through userspace). Falls back to `Cached` where refused.
+    Passthrough,
+    /// Opens are answered, reads are served with `pread` and kept in the page cache.
+    Cached,
+    /// OPEN is answered with ENOSYS once, so the kernel never asks again: an open costs no
+    /// round trip and warm reads come from the page cache; cold reads go through userspace.
+    NoOpen,
 }
 
 #[derive(Default)]
@@ -65,11 +71,13 @@ pub struct ReadOnlyFs {
     tree: MergedTree,
     /// `data_dirs[layer]` holds that layer's data files.
     data_dirs: Vec<PathBuf>,
-    handles: Mutex<HashMap<u64, Handle>>,
+    /// Passthrough registrations of open handles.
+    handles: Mutex<HashMap<u64, Arc<BackingId>>>,
     next_fh: AtomicU64,
     backings: Mutex<Backings>,
-    /// Whether to ask the kernel for passthrough at all.
-    want_passthrough: bool,
+    /// Data files opened for userspace reads, by inode.
+    files: Mutex<HashMap<u64, Arc<File>>>,
+    mode: OpenMode,
     stats: Arc<FsStats>,
 }
 
@@ -81,15 +89,33 @@ impl ReadOnlyFs {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             backings: Mutex::new(Backings::default()),
-            want_passthrough: true,
+            files: Mutex::new(HashMap::new()),
+            mode: OpenMode::Passthrough,
             stats: Arc::default(),
         }
     }
 
-    /// Serve every read from userspace even where the kernel offers passthrough.
-    pub fn without_passthrough(mut self) -> Self {
-        self.want_passthrough = false;
+    pub fn with_mode(mut self, mode: OpenMode) -> Self {
+        self.mode = mode;
         self
+    }
+
+    /// The data file of `ino` for a userspace read.
+    fn plain_file(&self, ino: u64) -> Result<Option<Arc<File>>, Errno> {
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = files.get(&ino) {
+            return Ok(Some(f.clone()));
+        }
+        let n = self.tree.get(ino).ok_or(Errno::ENOENT)?;
+        let Some(path) = self.data_file(n) else {
+            return Ok(None);
+        };
+        let f = Arc::new(File::open(path)?);
+        if files.len() >= BACKING_CACHE {
+            files.clear();
+        }
+        files.insert(ino, f.clone());
+        Ok(Some(f))
     }
 
     pub fn stats(&self) -> Arc<FsStats> {
@@ -153,7 +179,7 @@ impl ReadOnlyFs {
         Ok(id)
     }
 
-    fn new_fh(&self, h: Handle) -> FileHandle {
+    fn new_fh(&self, h: Arc<BackingId>) -> FileHandle {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles
             .lock()
@@ -204,7 +230,7 @@ impl Filesystem for ReadOnlyFs {
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_MAX_PAGES;
         let _ = config.add_capabilities(wanted & config.capabilities());
-        if self.want_passthrough
+        if self.mode == OpenMode::Passthrough
             && config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok()
@@ -266,6 +292,9 @@ impl Filesystem for ReadOnlyFs {
         if raw & libc::O_ACCMODE != libc::O_RDONLY || raw & libc::O_TRUNC != 0 {
             return reply.error(Errno::EROFS);
         }
+        if self.mode == OpenMode::NoOpen {
+            return reply.error(Errno::ENOSYS);
+        }
         let n = match self.node(ino) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
@@ -278,7 +307,7 @@ impl Filesystem for ReadOnlyFs {
         if self.stats.passthrough.load(Ordering::Relaxed) {
             match self.backing(&reply, ino.0, &path) {
                 Ok(id) => {
-                    let fh = self.new_fh(Handle::Passthrough(id.clone()));
+                    let fh = self.new_fh(id.clone());
                     self.stats.passthrough_opens.fetch_add(1, Ordering::Relaxed);
                     // No FOPEN_KEEP_CACHE here: the kernel refuses it with passthrough (EIO on
                     // read); the backing file's own page cache does that job.
@@ -290,10 +319,7 @@ impl Filesystem for ReadOnlyFs {
                 }
             }
         }
-        match File::open(&path) {
-            Ok(f) => reply.opened(self.new_fh(Handle::Plain(f)), keep),
-            Err(e) => reply.error(e.into()),
-        }
+        reply.opened(FileHandle(0), keep)
     }
 
     #[instrument(level = "debug", skip_all, fields(ino = ino.0, offset, size))]
@@ -308,12 +334,11 @@ impl Filesystem for ReadOnlyFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        if fh.0 == 0 {
-            return reply.data(&[]);
-        }
-        let handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(Handle::Plain(f)) = handles.get(&fh.0) else {
-            return reply.error(Errno::EBADF);
+        let _ = fh;
+        let f = match self.plain_file(ino.0) {
+            Ok(Some(f)) => f,
+            Ok(None) => return reply.data(&[]),
+            Err(e) => return reply.error(e),
         };
         self.stats.plain_reads.fetch_add(1, Ordering::Relaxed);
         let mut buf = vec![0u8; size as usize];
@@ -346,16 +371,12 @@ impl Filesystem for ReadOnlyFs {
         reply.ok();
     }
 
-    #[instrument(level = "debug", skip_all, fields(ino = ino.0))]
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.node(ino) {
-            Ok(n) if n.is_dir() => reply.opened(
-                FileHandle(0),
-                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
-            ),
-            Ok(_) => reply.error(Errno::ENOTDIR),
-            Err(e) => reply.error(e),
-        }
+    #[instrument(level = "debug", skip_all)]
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // Directories need no handle: ENOSYS once tells the kernel to stop sending OPENDIR
+        // (and RELEASEDIR) and to keep their listings cached, so a warm walk of the tree
+        // costs no round trip at all.
+        reply.error(Errno::ENOSYS);
     }
 
     #[instrument(level = "debug", skip_all, fields(ino = ino.0, offset))]

@@ -12,7 +12,7 @@ pub mod view;
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use fuse::{FsStats, ReadOnlyFs};
+pub use fuse::{FsStats, OpenMode, ReadOnlyFs};
 pub use rwfuse::WritableFs;
 pub use tree::MergedTree;
 
