@@ -76,7 +76,7 @@ fn fattr(a: &Attr) -> FileAttr {
     FileAttr {
         ino: INodeNo(a.ino),
         size: a.size,
-        blocks: a.size.div_ceil(512),
+        blocks: a.blocks,
         atime: to_time(a.atime.sec, a.atime.nsec),
         mtime: to_time(a.mtime.sec, a.mtime.nsec),
         ctime: to_time(a.ctime.sec, a.ctime.nsec),
@@ -465,6 +465,22 @@ impl Filesystem for WritableFs {
         reply: ReplyEmpty,
     ) {
         match self.view.fsync(ino.0, datasync) {
+            Ok(()) => reply.ok(),
+            Err(x) => reply.error(e(x)),
+        }
+    }
+
+    /// Directory entries are records in the layer: syncing a directory flushes them all.
+    #[instrument(level = "debug", skip_all, fields(ino = ino.0))]
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.view.sync_all() {
             Ok(()) => reply.ok(),
             Err(x) => reply.error(e(x)),
         }

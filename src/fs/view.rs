@@ -35,6 +35,7 @@ const MAX_NAME: usize = 255;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Attr {
     pub ino: u64,
+    pub blocks: u64,
     pub kind: FileKind,
     pub perm: u16,
     pub nlink: u32,
@@ -258,8 +259,33 @@ impl View {
         })
     }
 
-    fn attr_of(ino: u64, i: &Inode) -> Attr {
+    /// 512-byte blocks allocated: the backing file's where all data is in this layer (sparse
+    /// files stay sparse for `du`, `cp --sparse`, `tar -S`), the size's where data is lower.
+    fn blocks(&self, ino: u64, i: &Inode) -> u64 {
+        if i.kind != FileKind::File {
+            return 0;
+        }
+        let by_size = i.size.div_ceil(512);
+        if i.data != Data::Backing {
+            return by_size;
+        }
+        let cached = self
+            .files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&ino)
+            .cloned();
+        let meta = match cached {
+            Some(f) => f.metadata(),
+            None => std::fs::metadata(self.layer.backing_path(ino)),
+        };
+        meta.map(|m| std::os::unix::fs::MetadataExt::blocks(&m))
+            .unwrap_or(by_size)
+    }
+
+    fn attr_of(&self, ino: u64, i: &Inode) -> Attr {
         Attr {
+            blocks: self.blocks(ino, i),
             ino,
             kind: i.kind,
             perm: i.perm,
@@ -374,12 +400,12 @@ impl View {
         }
         let st = self.lock();
         let ino = self.child(&st, parent, name)?.ok_or(libc::ENOENT)?;
-        Ok(Self::attr_of(ino, &self.inode(&st, ino)?))
+        Ok(self.attr_of(ino, &self.inode(&st, ino)?))
     }
 
     pub fn getattr(&self, ino: u64) -> Res<Attr> {
         let st = self.lock();
-        Ok(Self::attr_of(ino, &self.inode(&st, ino)?))
+        Ok(self.attr_of(ino, &self.inode(&st, ino)?))
     }
 
     pub fn readlink(&self, ino: u64) -> Res<Vec<u8>> {
@@ -525,7 +551,7 @@ impl View {
         if kind == FileKind::Dir {
             st.dirs.insert(ino, BTreeMap::new());
         }
-        let attr = Self::attr_of(ino, &inode);
+        let attr = self.attr_of(ino, &inode);
         self.put(&mut st, &mut b, ino, inode);
         self.set_entry(&mut st, &mut b, parent, name, ino)?;
         self.touch_dir(
@@ -554,7 +580,7 @@ impl View {
         let mut b = Batch::default();
         i.nlink += 1;
         i.ctime = now;
-        let attr = Self::attr_of(ino, &i);
+        let attr = self.attr_of(ino, &i);
         self.put(&mut st, &mut b, ino, i);
         self.set_entry(&mut st, &mut b, parent, name, ino)?;
         self.touch_dir(&mut st, &mut b, parent, 0, now)?;
@@ -779,7 +805,7 @@ impl View {
             i.mtime = t;
         }
         i.ctime = set.ctime.unwrap_or(now);
-        let attr = Self::attr_of(ino, &i);
+        let attr = self.attr_of(ino, &i);
         self.put(&mut st, &mut b, ino, i);
         self.commit(b)?;
         Ok(attr)
@@ -825,7 +851,7 @@ impl View {
         let mut st = self.lock();
         let i = self.inode(&st, ino)?;
         *st.open.entry(ino).or_default() += 1;
-        Ok(Self::attr_of(ino, &i))
+        Ok(self.attr_of(ino, &i))
     }
 
     pub fn release(&self, ino: u64) -> Res<()> {
