@@ -44,14 +44,21 @@ pub fn syncfs(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Whether a process with this pid exists (signal 0 probe; EPERM still means it exists).
+/// Whether a process with this pid exists and has not exited: a zombie (exited, not yet
+/// reaped by its parent or init) counts as gone.
 pub fn process_alive(pid: i32) -> bool {
-    let Some(pid) = rustix::process::Pid::from_raw(pid) else {
-        return false;
-    };
-    match rustix::process::test_kill_process(pid) {
+    let Some(p) = rustix::process::Pid::from_raw(pid) else { return false };
+    let exists = match rustix::process::test_kill_process(p) {
         Ok(()) => true,
         Err(e) => e == rustix::io::Errno::PERM,
+    };
+    if !exists {
+        return false;
+    }
+    // /proc/PID/stat: "pid (comm) S ..."; comm may contain spaces and parentheses.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"),
+        Err(_) => false,
     }
 }
 

@@ -414,3 +414,30 @@ pub fn assert_same_tree(expected: &Snapshot, actual: &Snapshot, skip_attrs: &[Ve
         diffs.join("\n")
     );
 }
+
+/// Extracts `layers` (bottom first) with GNU tar, as root, into `dir/l0`, `dir/l1`, … and puts
+/// each in overlay form, as [`OverlayOracle`] does; returns those directories, bottom first.
+/// For tests that build their own overlay mounts (a writable one, say) over the same layers.
+pub fn extract_overlay_lowers(layers: &[PathBuf], dir: &Path) -> Vec<PathBuf> {
+    let mut lowers = Vec::new();
+    for (i, tar) in layers.iter().enumerate() {
+        let l = dir.join(format!("l{i}"));
+        std::fs::create_dir_all(&l).unwrap();
+        let out = Command::new("tar")
+            .args(["--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf"])
+            .arg(tar)
+            .arg("-C")
+            .arg(&l)
+            .output()
+            .expect("run GNU tar");
+        assert!(
+            out.status.success(),
+            "tar -x {}: {}",
+            tar.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        to_overlay_form(&l);
+        lowers.push(l);
+    }
+    lowers
+}
