@@ -47,7 +47,9 @@ pub fn syncfs(path: &Path) -> io::Result<()> {
 /// Whether a process with this pid exists and has not exited: a zombie (exited, not yet
 /// reaped by its parent or init) counts as gone.
 pub fn process_alive(pid: i32) -> bool {
-    let Some(p) = rustix::process::Pid::from_raw(pid) else { return false };
+    let Some(p) = rustix::process::Pid::from_raw(pid) else {
+        return false;
+    };
     let exists = match rustix::process::test_kill_process(p) {
         Ok(()) => true,
         Err(e) => e == rustix::io::Errno::PERM,
@@ -57,7 +59,11 @@ pub fn process_alive(pid: i32) -> bool {
     }
     // /proc/PID/stat: "pid (comm) S ..."; comm may contain spaces and parentheses.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"),
+        Ok(stat) => {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                != Some("Z")
+        }
         Err(_) => false,
     }
 }

@@ -325,8 +325,9 @@ impl Filesystem for WritableFs {
         if let Err(x) = self.view.open(ino.0) {
             return reply.error(e(x));
         }
+        // Linux truncates on O_TRUNC whatever the access mode (the kernel has checked write
+        // permission already).
         if flags.0 & libc::O_TRUNC != 0
-            && flags.0 & libc::O_ACCMODE != libc::O_RDONLY
             && let Err(x) = self.view.setattr(
                 ino.0,
                 &SetAttr {

@@ -133,7 +133,7 @@ impl View {
     }
 
     /// Makes the chunks covering `[from, to)` live in the backing file, copying from the lower
-    /// file the parts of them outside `[keep_from, keep_to)` (the caller overwrites those).
+    /// file the parts of them outside `overwrite` (the caller writes or zeroes that range).
     fn copy_up_range(
         &self,
         st: &mut State,
@@ -293,14 +293,21 @@ impl View {
             return Err(libc::EOPNOTSUPP);
         }
         let copy_to = end.min(i.size);
-        // The range's chunks must come from the backing file, where the hole is made.
+        // The range's chunks must come from the backing file, where the space is allocated or
+        // the hole made. Plain allocation keeps every byte; punching and zeroing replace the
+        // range, so only its surroundings need the lower bytes.
+        let replaced = if punch || zero {
+            (offset, end)
+        } else {
+            (offset, offset)
+        };
         self.copy_up_range(
             &mut st,
             &mut b,
             ino,
             &mut i,
             (offset, copy_to.max(offset)),
-            (offset, end),
+            replaced,
         )?;
         let back = self.backing(ino)?;
         rustix::fs::fallocate(
@@ -313,11 +320,11 @@ impl View {
         if !keep && end > i.size {
             i.size = end;
         }
-        if punch || zero || !keep {
-            let now = Ts::now();
-            i.mtime = now;
-            i.ctime = now;
-        }
+        // As ext4 (kernel overlayfs's upper layer here): every successful fallocate is a
+        // modification, KEEP_SIZE or not.
+        let now = Ts::now();
+        i.mtime = now;
+        i.ctime = now;
         self.put(&mut st, &mut b, ino, i);
         self.commit(b)
     }
