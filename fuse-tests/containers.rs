@@ -1,0 +1,3 @@
+//! Real containers of the sample image through the `strata` binary (root).
+
+mod common;
