@@ -956,3 +956,74 @@ fn twenty_containers_started_and_removed_concurrently_leak_nothing() {
     let fds_after = std::fs::read_dir("/proc/self/fd").unwrap().count();
     assert!(fds_after <= fds_before + 16, "{fds_before} -> {fds_after}");
 }
+
+#[test]
+fn terminals_come_from_the_containers_own_devpts() {
+    let r = Root::new();
+    // -t without a terminal on our side: the container still gets one (24×80 by default).
+    let o = r.run(&[
+        "run",
+        "--rm",
+        "-t",
+        IMAGE,
+        "sh",
+        "-c",
+        "tty; stty size; exit 4",
+    ]);
+    assert_eq!(
+        (o.code, o.out.as_str()),
+        (4, "/dev/pts/0\r\n24 80\r\n"),
+        "{o:?}"
+    );
+    r.ok(&["run", "-d", "--name", "term", IMAGE, "sleep", "30"]);
+    let o = r.run(&["exec", "-t", "term", "sh", "-c", "tty; exit 5"]);
+    assert_eq!((o.code, o.out.as_str()), (5, "/dev/pts/0\r\n"), "{o:?}");
+    // -d --rm: the shim removes the container when it stops.
+    r.ok(&["run", "-d", "--rm", "--name", "gone", IMAGE, "sleep", "30"]);
+    r.ok(&["stop", "-t", "0", "gone"]);
+    assert_eq!(r.run(&["inspect", "gone"]).code, 125);
+    // -it through a real terminal (script(1) gives us one): keystrokes in, size follows.
+    if Command::new("script").arg("--version").output().is_ok() {
+        let cmd = format!(
+            "stty cols 100 rows 30; {} --root {} run --rm -it {IMAGE} sh",
+            strata_bin().display(),
+            r.path().display()
+        );
+        let mut child = Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"stty size; echo typed-$((6*7)); exit 9\n")
+            .unwrap();
+        let end = Instant::now() + DEADLINE;
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > end {
+                let _ = child.kill();
+                panic!("run -it did not finish");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let mut out = String::new();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        assert_eq!(status.code(), Some(9), "{out}");
+        assert!(
+            out.contains("30 100\r\n") && out.contains("typed-42\r\n"),
+            "{out}"
+        );
+    }
+}

@@ -279,9 +279,6 @@ fn host_env(k: &str) -> Option<String> {
 
 impl CreateArgs {
     fn options(&self, auto_remove: bool) -> anyhow::Result<CreateOptions> {
-        if self.tty {
-            bail!("-t (a pseudo-terminal) is not supported yet; use -i for stdin");
-        }
         Ok(CreateOptions {
             image: self.image.clone(),
             name: self.name.clone(),
@@ -359,8 +356,31 @@ fn run(root: &Path, args: RunArgs) -> anyhow::Result<i32> {
         println!("{}", c.id);
         return Ok(0);
     }
+    attached(started, c.meta.tty && c.meta.open_stdin)
+}
+
+/// Waits for an attached container: signals go to it, the terminal (with -it) goes raw and
+/// its size follows ours.
+fn attached(started: runtime::Started, raw: bool) -> anyhow::Result<i32> {
+    let _raw = raw.then(runtime::tty::RawMode::stdin).flatten();
     proxy_signals(started.pid);
+    forward_winch(started.shim_pid());
     Ok(started.wait()?)
+}
+
+/// Forwards SIGWINCH to the shim, which resizes the container's terminal.
+fn forward_winch(shim: i32) {
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([signal_hook::consts::SIGWINCH])
+    else {
+        return;
+    };
+    std::thread::spawn(move || {
+        for _ in signals.forever() {
+            if let Some(p) = rustix::process::Pid::from_raw(shim) {
+                let _ = rustix::process::kill_process(p, rustix::process::Signal::WINCH);
+            }
+        }
+    });
 }
 
 fn create(root: &Path, args: CreateArgs) -> anyhow::Result<i32> {
@@ -402,11 +422,9 @@ fn start(root: &Path, args: StartArgs) -> anyhow::Result<i32> {
         if args.containers.len() != 1 {
             bail!("start -a takes exactly one container");
         }
-        return match rt.start(&args.containers[0], StartIo { attach: true }) {
-            Ok(Some(s)) => {
-                proxy_signals(s.pid);
-                Ok(s.wait()?)
-            }
+        let c = rt.get(&args.containers[0])?;
+        return match rt.start(&c.id, StartIo { attach: true }) {
+            Ok(Some(s)) => attached(s, c.meta.tty && c.meta.open_stdin),
             Ok(None) => Ok(0),
             Err(e) => exec_failure(e),
         };
@@ -606,11 +624,11 @@ fn logs(root: &Path, args: LogsArgs) -> anyhow::Result<i32> {
 }
 
 fn exec(root: &Path, args: ExecArgs) -> anyhow::Result<i32> {
-    if args.tty {
-        bail!("-t (a pseudo-terminal) is not supported yet; use -i for stdin");
-    }
     let rt = Runtime::open(root)?;
     let c = rt.get(&args.container)?;
+    let _raw = (args.tty && args.interactive)
+        .then(runtime::tty::RawMode::stdin)
+        .flatten();
     let opts = ExecOptions {
         command: args.command.clone(),
         env: args
@@ -627,6 +645,7 @@ fn exec(root: &Path, args: ExecArgs) -> anyhow::Result<i32> {
         workdir: args.workdir.clone(),
         user: args.user.clone(),
         interactive: args.interactive,
+        tty: args.tty,
     };
     match runtime::exec::exec(&c, &opts, &mut proxy_signals) {
         Ok(code) => Ok(code),

@@ -15,7 +15,7 @@ use tracing::info_span;
 use super::init::{self, EXIT_RUNTIME, Fail, Msg};
 use super::spec::{self, Process};
 use super::store::{self, Container, Status};
-use super::{RuntimeError, cgroups};
+use super::{RuntimeError, cgroups, tty};
 use crate::sys::container::{self as csys, Fork};
 
 /// What `exec` runs.
@@ -26,6 +26,8 @@ pub struct ExecOptions {
     pub workdir: Option<String>,
     pub user: Option<String>,
     pub interactive: bool,
+    /// Allocate a terminal in the container; the caller's stdin/stdout are copied to it.
+    pub tty: bool,
 }
 
 fn sys_err(what: &str) -> impl FnOnce(rustix::io::Errno) -> RuntimeError + '_ {
@@ -48,7 +50,7 @@ pub fn exec_process(c: &Container, opts: &ExecOptions) -> Result<Process, Runtim
     let mut p = c.spec.process.clone();
     p.args = opts.command.clone();
     p.env = spec::merge_env(&p.env, &opts.env);
-    p.terminal = false;
+    p.terminal = opts.tty;
     if let Some(w) = &opts.workdir {
         if !w.starts_with('/') {
             return Err(RuntimeError::InvalidArg {
@@ -122,6 +124,15 @@ pub fn exec(
     )
     .map_err(sys_err("opening /proc/self/ns/pid"))?;
     let (err_r, err_w) = pipe_with(PipeFlags::CLOEXEC).map_err(sys_err("pipe"))?;
+    let (console_parent, console_child) = if opts.tty {
+        let (a, b) = tty::console_pair().map_err(|source| RuntimeError::Sys {
+            what: "socketpair".into(),
+            source,
+        })?;
+        (Some(a), Some(b))
+    } else {
+        (None, None)
+    };
     rustix::thread::move_into_link_name_space(pid_ns.as_fd(), Some(LinkNameSpaceType::ProcessID))
         .map_err(sys_err("joining the container's pid namespace"))?;
     let forked = csys::fork();
@@ -132,7 +143,8 @@ pub fn exec(
     let child = match forked {
         Ok(Fork::Child) => {
             drop(err_r);
-            let f = enter_and_exec(c, &others, &root, &stdin, &process);
+            drop(console_parent);
+            let f = enter_and_exec(c, &others, &root, &stdin, &process, console_child.as_ref());
             init::send_fail(err_w.as_fd(), &f);
             csys::exit_now(f.code)
         }
@@ -147,6 +159,14 @@ pub fn exec(
     back.map_err(sys_err("returning to strata's pid namespace"))?;
     drop(err_w);
     drop(stdin);
+    drop(console_child);
+    let master = match &console_parent {
+        Some(sock) => tty::recv_fd(sock.as_fd()).map_err(|source| RuntimeError::Sys {
+            what: "receiving the terminal".into(),
+            source,
+        })?,
+        None => None,
+    };
     let msg = init::recv(&err_r).map_err(|source| RuntimeError::Sys {
         what: "waiting for the exec".into(),
         source,
@@ -158,8 +178,44 @@ pub fn exec(
             msg: f.msg,
         });
     }
+    let output = master.map(|m| serve_terminal(m, opts.interactive));
     started(child);
-    Ok(wait(child))
+    let code = wait(child);
+    if let Some(done) = output {
+        // Background processes may keep the terminal open: do not wait for them long.
+        let _ = done.recv_timeout(std::time::Duration::from_secs(2));
+    }
+    Ok(code)
+}
+
+/// Copies the terminal's output to our stdout (the returned channel says when it ended),
+/// our stdin to it with `interactive`, and our terminal's size to it (now and on SIGWINCH).
+fn serve_terminal(master: OwnedFd, interactive: bool) -> std::sync::mpsc::Receiver<()> {
+    let stdout = std::io::stdout();
+    tty::init_winsize(master.as_fd(), Some(stdout.as_fd()));
+    if let (Ok(out), Ok(m)) = (tty::dup_file(&stdout), tty::dup_file(&master))
+        && let Ok(mut signals) =
+            signal_hook::iterator::Signals::new([signal_hook::consts::SIGWINCH])
+    {
+        std::thread::spawn(move || {
+            for _ in signals.forever() {
+                tty::copy_winsize(out.as_fd(), m.as_fd());
+            }
+        });
+    }
+    if interactive
+        && let (Ok(input), Ok(m)) = (tty::dup_file(std::io::stdin()), tty::dup_file(&master))
+    {
+        std::thread::spawn(move || tty::copy(input, m));
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    if let Ok(out) = tty::dup_file(&stdout) {
+        std::thread::spawn(move || {
+            tty::copy(std::fs::File::from(master), out);
+            let _ = tx.send(());
+        });
+    }
+    rx
 }
 
 fn enter_and_exec(
@@ -168,6 +224,7 @@ fn enter_and_exec(
     root: &OwnedFd,
     stdin: &OwnedFd,
     process: &Process,
+    console: Option<&OwnedFd>,
 ) -> Fail {
     let f = |what: &str, e: std::io::Error| Fail {
         code: EXIT_RUNTIME,
@@ -194,7 +251,13 @@ fn enter_and_exec(
     if let Err(e) = rustix::stdio::dup2_stdin(stdin) {
         return f("stdin", e.into());
     }
-    init::exec_process(process)
+    // A terminal needs a session of its own to be the controlling terminal of.
+    if console.is_some()
+        && let Err(e) = rustix::process::setsid()
+    {
+        return f("setsid", e.into());
+    }
+    init::exec_process(process, console.map(|c| c.as_fd()))
 }
 
 fn wait(pid: i32) -> i32 {

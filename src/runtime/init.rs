@@ -123,6 +123,8 @@ pub struct Child<'a> {
     pub to_shim: OwnedFd,
     pub from_shim: OwnedFd,
     pub io: ChildIo,
+    /// With a terminal: where the pty's master goes.
+    pub console: Option<OwnedFd>,
 }
 
 /// Runs in the forked child: never returns.
@@ -224,7 +226,10 @@ fn run_child(c: &Child<'_>) -> Result<Infallible, Fail> {
         csys::mount_set_readonly(slash.as_fd(), false).map_err(fail("making / read-only"))?;
     }
     rustix::process::umask(Mode::from_raw_mode(0o022));
-    Err(exec_process(&c.spec.process))
+    Err(exec_process(
+        &c.spec.process,
+        c.console.as_ref().map(|f| f.as_fd()),
+    ))
 }
 
 fn mount_one(root: BorrowedFd<'_>, m: &Mount) -> io::Result<()> {
@@ -321,14 +326,14 @@ fn readonly(path: &str) -> io::Result<()> {
 /// inside the container's namespaces and root): user, capabilities, no_new_privs, working
 /// directory, clean signals and descriptors, then execve with a PATH search. Returns only
 /// on failure.
-pub fn exec_process(p: &Process) -> Fail {
-    match prepare_and_exec(p) {
+pub fn exec_process(p: &Process, console: Option<BorrowedFd<'_>>) -> Fail {
+    match prepare_and_exec(p, console) {
         Err(f) => f,
         Ok(never) => match never {},
     }
 }
 
-fn prepare_and_exec(p: &Process) -> Result<Infallible, Fail> {
+fn prepare_and_exec(p: &Process, console: Option<BorrowedFd<'_>>) -> Result<Infallible, Fail> {
     if p.args.is_empty() {
         return Err(Fail {
             code: EXIT_RUNTIME,
@@ -336,6 +341,14 @@ fn prepare_and_exec(p: &Process) -> Result<Infallible, Fail> {
         });
     }
     let who = resolve_user(&p.user)?;
+    if p.terminal {
+        let sock = console.ok_or_else(|| Fail {
+            code: EXIT_RUNTIME,
+            msg: "a terminal was asked for but nobody takes it".into(),
+        })?;
+        let master = super::tty::open_console(who.uid).map_err(fail("allocating a terminal"))?;
+        super::tty::send_fd(sock, master.as_fd()).map_err(fail("handing over the terminal"))?;
+    }
     let mut env = p.env.clone();
     if !env.iter().any(|e| e.starts_with("HOME=")) {
         env.push(format!("HOME={}", who.home));

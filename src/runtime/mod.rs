@@ -22,6 +22,7 @@ pub mod shim;
 pub mod spec;
 pub mod store;
 pub mod time;
+pub mod tty;
 pub mod user;
 pub mod volumes;
 
@@ -133,6 +134,11 @@ pub struct Started {
 }
 
 impl Started {
+    /// The shim's PID (it resizes the container's terminal on SIGWINCH).
+    pub fn shim_pid(&self) -> i32 {
+        self.shim.id() as i32
+    }
+
     /// Waits until the container has exited (and, with `--rm`, is removed); its exit code.
     pub fn wait(mut self) -> Result<i32, RuntimeError> {
         let mut line = String::new();

@@ -26,7 +26,7 @@ use tracing::{info, info_span, warn};
 
 use super::init::{self, Child, ChildIo, EXIT_RUNTIME, Fail, Msg};
 use super::store::{self, Container, Containers, LOG_FILE, ROOTFS_DIR, RW_DIR, SHIM_LOCK, Status};
-use super::{RuntimeError, cgroups, logs};
+use super::{RuntimeError, cgroups, logs, tty};
 use crate::fs;
 use crate::image::ImageStore;
 use crate::sys;
@@ -129,17 +129,23 @@ pub fn run(root: &Path, args: ShimArgs) -> Result<i32, RuntimeError> {
         .open(&log_path)
         .map_err(store::io_err(&log_path))?;
     let log = Arc::new(Mutex::new(log));
-    let pumps = [
-        (running.out, "stdout", attach_out),
-        (running.err, "stderr", attach_err),
-    ]
-    .into_iter()
-    .map(|(src, stream, attach)| {
+    let mut pumps = Vec::new();
+    let mut spawn_pump = |src: OwnedFd, stream: &'static str, attach: Option<File>| {
         let log = log.clone();
-        std::thread::spawn(move || logs::pump(File::from(src), stream, log, attach))
-    })
-    .collect::<Vec<_>>();
-
+        pumps.push(std::thread::spawn(move || {
+            logs::pump(File::from(src), stream, log, attach)
+        }));
+    };
+    match running.io {
+        RunIo::Pipes { out, err } => {
+            spawn_pump(out, "stdout", attach_out);
+            spawn_pump(err, "stderr", attach_err);
+        }
+        RunIo::Tty { master } => {
+            serve_terminal(&master, c.meta.open_stdin, attach_out.as_ref());
+            spawn_pump(master, "stdout", attach_out);
+        }
+    }
     c.state = store::State {
         status: Status::Running,
         pid: running.pid,
@@ -181,6 +187,29 @@ pub fn run(root: &Path, args: ShimArgs) -> Result<i32, RuntimeError> {
     Ok(0)
 }
 
+/// Sizes the container's terminal like the attached client's (and again on each SIGWINCH,
+/// which the client forwards), and copies the shim's stdin (the client's, with `-i`) into it.
+fn serve_terminal(master: &OwnedFd, open_stdin: bool, client: Option<&File>) {
+    tty::init_winsize(master.as_fd(), client.map(|c| c.as_fd()));
+    if let (Some(out), Ok(m)) = (
+        client.and_then(|o| tty::dup_file(o).ok()),
+        tty::dup_file(master),
+    ) && let Ok(mut signals) =
+        signal_hook::iterator::Signals::new([signal_hook::consts::SIGWINCH])
+    {
+        std::thread::spawn(move || {
+            for _ in signals.forever() {
+                tty::copy_winsize(out.as_fd(), m.as_fd());
+            }
+        });
+    }
+    if open_stdin
+        && let (Ok(input), Ok(m)) = (tty::dup_file(std::io::stdin()), tty::dup_file(master))
+    {
+        std::thread::spawn(move || tty::copy(input, m));
+    }
+}
+
 /// Waits for the init; its exit code, or 128 + the signal that killed it.
 fn wait_exit(pid: i32) -> i32 {
     let Some(p) = Pid::from_raw(pid) else {
@@ -213,10 +242,15 @@ fn finish_session(done: &mpsc::Receiver<std::io::Result<()>>) {
     }
 }
 
+/// The container's output: two pipes, or the master of its terminal.
+enum RunIo {
+    Pipes { out: OwnedFd, err: OwnedFd },
+    Tty { master: OwnedFd },
+}
+
 struct Running {
     pid: i32,
-    out: OwnedFd,
-    err: OwnedFd,
+    io: RunIo,
     cgroups: Vec<PathBuf>,
     session: mpsc::Receiver<std::io::Result<()>>,
 }
@@ -275,6 +309,12 @@ fn launch(root: &Path, c: &Container) -> Result<Running, Fail> {
     let (go_r, go_w) = pipe_with(PipeFlags::CLOEXEC).map_err(fail_errno("pipe"))?;
     let (out_r, out_w) = pipe_with(PipeFlags::CLOEXEC).map_err(fail_errno("pipe"))?;
     let (err_r, err_w) = pipe_with(PipeFlags::CLOEXEC).map_err(fail_errno("pipe"))?;
+    let (console_parent, console_child) = if c.spec.process.terminal {
+        let (a, b) = tty::console_pair().map_err(fail_io("socketpair"))?;
+        (Some(a), Some(b))
+    } else {
+        (None, None)
+    };
     let stdin: OwnedFd = if c.meta.open_stdin {
         rustix::io::fcntl_dupfd_cloexec(std::io::stdin(), 3).map_err(fail_errno("stdin"))?
     } else {
@@ -299,6 +339,7 @@ fn launch(root: &Path, c: &Container) -> Result<Running, Fail> {
             drop(go_w);
             drop(out_r);
             drop(err_r);
+            drop(console_parent);
             init::child_main(Child {
                 spec: &c.spec,
                 rootfs: &rootfs,
@@ -310,6 +351,7 @@ fn launch(root: &Path, c: &Container) -> Result<Running, Fail> {
                     stdout: out_w,
                     stderr: err_w,
                 },
+                console: console_child,
             })
         }
         Ok(Fork::Parent(pid)) => pid,
@@ -326,7 +368,7 @@ fn launch(root: &Path, c: &Container) -> Result<Running, Fail> {
         Some(LinkNameSpaceType::ProcessID),
     )
     .map_err(fail_errno("returning to the shim's pid namespace"))?;
-    drop((sync_w, go_r, out_w, err_w, stdin));
+    drop((sync_w, go_r, out_w, err_w, stdin, console_child));
     let mut guard = ChildGuard {
         pid,
         cgroups: vec![],
@@ -366,6 +408,11 @@ fn launch(root: &Path, c: &Container) -> Result<Running, Fail> {
         .map_err(fail_io("starting the rootfs session"))?;
     guard.session = Some(rx);
     init::send_byte(go_w.as_fd(), b'G').map_err(fail_io("releasing the container's init"))?;
+    // With a terminal, the init sends the pty master just before it execs (or fails).
+    let master = match &console_parent {
+        Some(sock) => tty::recv_fd(sock.as_fd()).map_err(fail_io("receiving the terminal"))?,
+        None => None,
+    };
     match init::recv(&sync_r).map_err(fail_io("waiting for the container's init"))? {
         Msg::Eof => {}
         Msg::Fail(f) => return Err(f),
@@ -373,10 +420,17 @@ fn launch(root: &Path, c: &Container) -> Result<Running, Fail> {
     }
     guard.armed = false;
     let session = guard.session.take().ok_or_else(|| fail_rt("no session"))?;
+    let io = match master {
+        Some(master) => RunIo::Tty { master },
+        None if c.spec.process.terminal => return Err(fail_rt("the terminal never came")),
+        None => RunIo::Pipes {
+            out: out_r,
+            err: err_r,
+        },
+    };
     Ok(Running {
         pid,
-        out: out_r,
-        err: err_r,
+        io,
         cgroups: std::mem::take(&mut guard.cgroups),
         session,
     })
