@@ -476,6 +476,10 @@ fn lifecycle_run_ps_logs_exec_stop_start_restart_rm() {
     assert_eq!(r.run(&["logs", "web"]).code, 125);
     // The name is free again.
     r.ok(&["create", "--name", "web", IMAGE, "true"]);
+    // The image of a container cannot be deleted under it.
+    let o = r.run(&["rmi", IMAGE]);
+    assert_eq!(o.code, 125, "{o:?}");
+    assert!(o.err.contains("used by container(s) web"), "{o:?}");
 }
 
 #[test]

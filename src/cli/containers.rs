@@ -653,6 +653,38 @@ fn exec(root: &Path, args: ExecArgs) -> anyhow::Result<i32> {
     }
 }
 
+/// Refuses `rmi` of an image that containers still use when it would delete the image (its
+/// last tag, or by ID): their rootfs needs its layers. Untagging one of several tags is fine.
+pub fn check_rmi(root: &Path, refs: &[String], force: bool) -> anyhow::Result<()> {
+    let rt = Runtime::open(root)?;
+    let store = crate::image::ImageStore::open(root)?;
+    let containers = rt.list()?;
+    for r in refs {
+        let Ok(image) = store.resolve(r) else {
+            continue; // rmi reports it
+        };
+        let by_tag = image
+            .tags
+            .iter()
+            .any(|t| t == r || t == &format!("{r}:latest"));
+        if by_tag && image.tags.len() > 1 && !force {
+            continue;
+        }
+        let users: Vec<&str> = containers
+            .iter()
+            .filter(|c| c.meta.image_id == image.id.to_string())
+            .map(|c| c.meta.name.as_str())
+            .collect();
+        if !users.is_empty() {
+            bail!(
+                "image {r} is used by container(s) {}: remove them first",
+                users.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
 /// `inspect`: containers by name or ID, images otherwise (Docker's order).
 pub fn inspect(root: &Path, refs: &[String]) -> anyhow::Result<i32> {
     let rt = Runtime::open(root)?;

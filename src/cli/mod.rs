@@ -103,7 +103,10 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Images { json, quiet } => images::list(&root, json, quiet),
         Command::Tag { source, target } => images::tag(&root, &source, &target),
-        Command::Rmi { images, force } => images::rmi(&root, &images, force),
+        Command::Rmi { images, force } => {
+            containers::check_rmi(&root, &images, force)?;
+            images::rmi(&root, &images, force)
+        }
         Command::Inspect { images } => containers::inspect(&root, &images),
         Command::Mount(args) => mount::mount(&root, args),
         Command::ServeMount(args) => mount::serve(&root, args),
