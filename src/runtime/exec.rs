@@ -51,6 +51,9 @@ pub fn exec_process(c: &Container, opts: &ExecOptions) -> Result<Process, Runtim
     p.args = opts.command.clone();
     p.env = spec::merge_env(&p.env, &opts.env);
     p.terminal = opts.tty;
+    if opts.tty && !p.env.iter().any(|e| e.starts_with("TERM=")) {
+        p.env.push("TERM=xterm".into());
+    }
     if let Some(w) = &opts.workdir {
         if !w.starts_with('/') {
             return Err(RuntimeError::InvalidArg {

@@ -245,6 +245,12 @@ fn mount_one(root: BorrowedFd<'_>, m: &Mount) -> io::Result<()> {
         let tree = mounts::bind_tree(src, ro)?;
         return mounts::attach(&tree, &target);
     }
+    let tree = match mounts::new_fs(&m.kind, &m.options) {
+        Ok(t) => t,
+        // A kernel without POSIX message queues: no /dev/mqueue, as runc does.
+        Err(e) if m.kind == "mqueue" && e.raw_os_error() == Some(libc::ENODEV) => return Ok(()),
+        Err(e) => return Err(e),
+    };
     let target = mounts::ensure(root, &m.destination, Leaf::Dir)?;
     if !mounts::is_dir(&target)? {
         return Err(io::Error::new(
@@ -252,7 +258,6 @@ fn mount_one(root: BorrowedFd<'_>, m: &Mount) -> io::Result<()> {
             "the target is not a directory",
         ));
     }
-    let tree = mounts::new_fs(&m.kind, &m.options)?;
     mounts::attach(&tree, &target)
 }
 

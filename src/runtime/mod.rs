@@ -49,6 +49,8 @@ use volumes::Volumes;
 pub const SHIM_SUBCOMMAND: &str = "__shim";
 /// How long `stop`, `rm -f` and `kill` wait for a SIGKILLed container to be gone.
 const KILL_WAIT: Duration = Duration::from_secs(10);
+/// How long `start` waits for the shim to say the command runs.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -256,29 +258,38 @@ impl Runtime {
         }
 
         let id = names::new_id().map_err(sys_err("random ID"))?;
-        let name = match &opts.name {
-            Some(n) => {
-                self.containers.reserve_name(n, &id)?;
-                n.clone()
-            }
+        // The directory first: a name whose owner directory exists is taken (see
+        // `reserve_name`), so no concurrent `create` can mistake ours for a stale one.
+        let dir = self.containers.dir_of(&id);
+        std::fs::create_dir_all(dir.join(store::ROOTFS_DIR)).map_err(store::io_err(&dir))?;
+        let reserved = match &opts.name {
+            Some(n) => self.containers.reserve_name(n, &id).map(|()| n.clone()),
             None => {
                 let mut attempt = 0;
                 loop {
-                    let n = names::random_name(attempt).map_err(sys_err("random name"))?;
+                    let n = match names::random_name(attempt) {
+                        Ok(n) => n,
+                        Err(e) => break Err(sys_err("random name")(e)),
+                    };
                     match self.containers.reserve_name(&n, &id) {
-                        Ok(()) => break n,
+                        Ok(()) => break Ok(n),
                         Err(RuntimeError::NameInUse { .. }) if attempt < 50 => attempt += 1,
-                        Err(e) => return Err(e),
+                        Err(e) => break Err(e),
                     }
                 }
             }
         };
-        let dir = self.containers.dir_of(&id);
+        let name = match reserved {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
         let volumes = self.volumes()?;
         let vlock = volumes.lock()?;
         let mut made_anonymous: Vec<String> = Vec::new();
         let result = (|| {
-            std::fs::create_dir_all(dir.join(store::ROOTFS_DIR)).map_err(store::io_err(&dir))?;
             let mut mounts = Vec::new();
             for v in &vol_args {
                 mounts.push(match v {
@@ -443,9 +454,28 @@ impl Runtime {
         .stderr(log2);
         let mut shim = cmd.spawn().map_err(sys_err("starting the shim"))?;
         drop(keep);
-        let mut status = BufReader::new(File::from(status_r));
-        let mut line = String::new();
-        let _ = status.read_line(&mut line);
+        // The first line, with a deadline: a shim stuck before it (a hung volume source,
+        // say) is killed, and its container with it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = BufReader::new(File::from(status_r));
+        std::thread::spawn(move || {
+            let mut reader = reader;
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let _ = tx.send((line, reader));
+        });
+        let (line, status) = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(got) => got,
+            Err(_) => {
+                let _ = shim.kill();
+                let _ = shim.wait();
+                return Err(RuntimeError::Shim(format!(
+                    "container {} did not start within {} s; its shim was killed",
+                    c.short_id(),
+                    START_TIMEOUT.as_secs()
+                )));
+            }
+        };
         let line = line.trim_end();
         if let Some(pid) = line.strip_prefix("ready ") {
             return Ok(Some(Started {

@@ -264,8 +264,9 @@ impl Containers {
                     let owner = std::fs::read_to_string(&path).unwrap_or_default();
                     let owner = owner.trim();
                     // A name left behind by a container that no longer exists is free again
-                    // (a crash between the two steps of `rm`).
-                    if !owner.is_empty() && !self.dir_of(owner).join(META_FILE).exists() {
+                    // (a crash between the two steps of `rm`). A container being created
+                    // has its directory before it takes a name.
+                    if !owner.is_empty() && !self.dir_of(owner).exists() {
                         let _ = std::fs::remove_file(&path);
                         continue;
                     }
@@ -347,8 +348,10 @@ mod tests {
         let c = Containers::open(tmp.path()).unwrap();
         let id = "a".repeat(64);
         std::fs::create_dir_all(c.dir_of(&id)).unwrap();
-        std::fs::write(c.dir_of(&id).join(META_FILE), b"{}").unwrap();
         c.reserve_name("web", &id).unwrap();
+        // Still being created (no container.json yet): the name is taken all the same.
+        assert!(c.reserve_name("web", &"c".repeat(64)).is_err());
+        std::fs::write(c.dir_of(&id).join(META_FILE), b"{}").unwrap();
         assert!(matches!(
             c.reserve_name("web", &"b".repeat(64)),
             Err(RuntimeError::NameInUse { .. })
