@@ -1031,3 +1031,26 @@ fn terminals_come_from_the_containers_own_devpts() {
         );
     }
 }
+
+#[test]
+fn concurrent_creates_of_one_name_have_one_winner() {
+    let r = Root::new();
+    let root = r.path().to_path_buf();
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let root = root.clone();
+            std::thread::spawn(move || st(&root, &["create", "--name", "only", IMAGE, "true"]).code)
+        })
+        .collect();
+    let codes: Vec<i32> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(codes.iter().filter(|c| **c == 0).count(), 1, "{codes:?}");
+    assert!(codes.iter().all(|c| *c == 0 || *c == 125), "{codes:?}");
+    assert_eq!(r.ids().len(), 1);
+    // The losers left nothing behind.
+    let dirs = std::fs::read_dir(root.join("containers"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name() != ".names")
+        .count();
+    assert_eq!(dirs, 1);
+}
