@@ -9,5 +9,6 @@ pub mod digest;
 pub mod fs;
 pub mod image;
 pub mod layer;
+pub mod runtime;
 pub mod rwlayer;
 pub mod sys;

@@ -9,6 +9,8 @@ use std::path::Path;
 
 use rustix::fs::{FlockOperation, flock};
 
+pub mod container;
+
 /// Opens (creating if needed) `path` and blocks until this process holds an exclusive
 /// `flock` on it. The lock is released when the returned file is dropped or the process dies.
 pub fn lock_file(path: &Path) -> io::Result<File> {

@@ -118,26 +118,22 @@ pub fn rmi(root: &Path, images: &[String], force: bool) -> anyhow::Result<i32> {
     })
 }
 
-pub fn inspect(root: &Path, images: &[String]) -> anyhow::Result<i32> {
+/// One image as `inspect` shows it.
+pub fn inspect_json(root: &Path, reference: &str) -> anyhow::Result<serde_json::Value> {
     let store = ImageStore::open(root)?;
-    let mut out = Vec::new();
-    for reference in images {
-        let rec = store.resolve(reference)?;
-        let config = store.config(&rec)?;
-        out.push(json!({
-            "Id": rec.id,
-            "RepoTags": rec.tags,
-            "Created": rec.created,
-            "Size": rec.size,
-            "Architecture": config.architecture,
-            "Os": config.os,
-            "Config": config.config,
-            "History": config.history,
-            "RootFS": {"Type": "layers", "Layers": rec.layers},
-        }));
-    }
-    println!("{}", serde_json::to_string_pretty(&out)?);
-    Ok(0)
+    let rec = store.resolve(reference)?;
+    let config = store.config(&rec)?;
+    Ok(json!({
+        "Id": rec.id,
+        "RepoTags": rec.tags,
+        "Created": rec.created,
+        "Size": rec.size,
+        "Architecture": config.architecture,
+        "Os": config.os,
+        "Config": config.config,
+        "History": config.history,
+        "RootFS": {"Type": "layers", "Layers": rec.layers},
+    }))
 }
 
 /// Sizes as Docker prints them: decimal units, three significant digits.

@@ -4,6 +4,7 @@
 //! Docker). Holds no logic that a library user would need: anything worth testing without a
 //! terminal belongs in `image`, `layer` or `fs`.
 
+mod containers;
 mod images;
 mod mount;
 
@@ -71,7 +72,7 @@ pub enum Command {
         #[arg(short, long)]
         force: bool,
     },
-    /// Show an image's configuration and layers as JSON.
+    /// Show containers (or images) as JSON.
     Inspect {
         #[arg(required = true)]
         images: Vec<String>,
@@ -83,6 +84,8 @@ pub enum Command {
     /// (internal) Serve a detached mount; started by `mount -d`.
     #[command(name = "__serve-mount", hide = true)]
     ServeMount(mount::MountArgs),
+    #[command(flatten)]
+    Containers(Box<containers::ContainerCommand>),
 }
 
 /// Runs the parsed command; `Err` becomes exit code 125 with the message on stderr.
@@ -100,10 +103,14 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Images { json, quiet } => images::list(&root, json, quiet),
         Command::Tag { source, target } => images::tag(&root, &source, &target),
-        Command::Rmi { images, force } => images::rmi(&root, &images, force),
-        Command::Inspect { images } => images::inspect(&root, &images),
+        Command::Rmi { images, force } => {
+            containers::check_rmi(&root, &images, force)?;
+            images::rmi(&root, &images, force)
+        }
+        Command::Inspect { images } => containers::inspect(&root, &images),
         Command::Mount(args) => mount::mount(&root, args),
         Command::ServeMount(args) => mount::serve(&root, args),
         Command::Umount { mountpoint } => mount::umount(&root, &mountpoint),
+        Command::Containers(cmd) => containers::dispatch(&root, *cmd),
     }
 }

@@ -1,0 +1,515 @@
+//! The container's first process, between the shim's `fork` and `execve`: namespaces, the
+//! FUSE rootfs (mounted here, inside the container's own mount namespace, so the host's
+//! mount table never shows it), /proc, /sys, /dev, the /etc files, volumes, `pivot_root`,
+//! masked and read-only paths, hostname, loopback, capabilities, user, and the exec itself.
+//! Also the last steps of `exec` (user, capabilities, PATH search), which `strata exec`
+//! shares.
+//!
+//! It talks to the shim over two close-on-exec pipes: `M` ("the rootfs is mounted, answer
+//! its INIT") one way, `G` ("it is served, go on") the other; a failure is `E` + exit code +
+//! message; end-of-file after `G` means execve succeeded.
+
+use std::convert::Infallible;
+use std::ffi::CString;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+
+use rustix::fs::{FileType, Mode, OFlags};
+use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
+use rustix::process::Signal;
+use rustix::thread::{CapabilitySet, CapabilitySets, UnshareFlags};
+
+use super::mounts::{self, Leaf};
+use super::spec::{self, Mount, Process, Spec};
+use super::user::{self, ExecUser};
+use crate::sys::container as csys;
+
+/// Why the container's process could not be started, and the exit code that says so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fail {
+    pub code: i32,
+    pub msg: String,
+}
+
+/// Exit code of strata's own failures.
+pub const EXIT_RUNTIME: i32 = 125;
+pub const EXIT_CANNOT_EXECUTE: i32 = 126;
+pub const EXIT_NOT_FOUND: i32 = 127;
+
+fn fail(what: impl std::fmt::Display) -> impl FnOnce(io::Error) -> Fail {
+    move |e| Fail {
+        code: EXIT_RUNTIME,
+        msg: format!("{what}: {e}"),
+    }
+}
+
+fn fail_errno(what: impl std::fmt::Display) -> impl FnOnce(rustix::io::Errno) -> Fail {
+    move |e| Fail {
+        code: EXIT_RUNTIME,
+        msg: format!("{what}: {}", io::Error::from(e)),
+    }
+}
+
+/// What one end of the pipe said.
+#[derive(Debug)]
+pub enum Msg {
+    Byte(u8),
+    Fail(Fail),
+    Eof,
+}
+
+fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        match rustix::io::write(fd, buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+pub fn send_byte(fd: BorrowedFd<'_>, b: u8) -> io::Result<()> {
+    write_all(fd, &[b])
+}
+
+pub fn send_fail(fd: BorrowedFd<'_>, f: &Fail) {
+    let mut buf = vec![b'E'];
+    buf.extend_from_slice(&f.code.to_le_bytes());
+    buf.extend_from_slice(f.msg.as_bytes());
+    let _ = write_all(fd, &buf);
+}
+
+/// Reads one message: a byte, a failure (which runs to end-of-file), or end-of-file.
+pub fn recv(fd: &OwnedFd) -> io::Result<Msg> {
+    let mut f = std::fs::File::from(fd.try_clone()?);
+    let mut b = [0u8; 1];
+    loop {
+        match f.read(&mut b) {
+            Ok(0) => return Ok(Msg::Eof),
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if b[0] != b'E' {
+        return Ok(Msg::Byte(b[0]));
+    }
+    let mut rest = Vec::new();
+    f.read_to_end(&mut rest)?;
+    let code = rest
+        .get(..4)
+        .and_then(|c| c.try_into().ok())
+        .map(i32::from_le_bytes)
+        .unwrap_or(EXIT_RUNTIME);
+    let msg = String::from_utf8_lossy(rest.get(4..).unwrap_or_default()).into_owned();
+    Ok(Msg::Fail(Fail { code, msg }))
+}
+
+/// The standard streams of the container's process.
+pub struct ChildIo {
+    pub stdin: OwnedFd,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+/// Everything the container's first process needs; built by the shim before `fork`.
+pub struct Child<'a> {
+    pub spec: &'a Spec,
+    pub rootfs: &'a Path,
+    pub fuse: &'a OwnedFd,
+    pub to_shim: OwnedFd,
+    pub from_shim: OwnedFd,
+    pub io: ChildIo,
+    /// With a terminal: where the pty's master goes.
+    pub console: Option<OwnedFd>,
+}
+
+/// Runs in the forked child: never returns.
+pub fn child_main(c: Child<'_>) -> ! {
+    let Err(f) = run_child(&c);
+    send_fail(c.to_shim.as_fd(), &f);
+    csys::exit_now(f.code)
+}
+
+fn run_child(c: &Child<'_>) -> Result<Infallible, Fail> {
+    // If the shim dies, so does the container (it cannot serve the rootfs any more).
+    rustix::process::set_parent_process_death_signal(Some(Signal::KILL))
+        .map_err(fail_errno("PR_SET_PDEATHSIG"))?;
+    // (A shim that died before this line is noticed below: the `G` never comes.)
+    rustix::process::setsid().map_err(fail_errno("setsid"))?;
+    rustix::stdio::dup2_stdin(&c.io.stdin).map_err(fail_errno("stdin"))?;
+    rustix::stdio::dup2_stdout(&c.io.stdout).map_err(fail_errno("stdout"))?;
+    rustix::stdio::dup2_stderr(&c.io.stderr).map_err(fail_errno("stderr"))?;
+
+    csys::unshare_namespaces(
+        UnshareFlags::NEWNS | UnshareFlags::NEWUTS | UnshareFlags::NEWIPC | UnshareFlags::NEWNET,
+    )
+    .map_err(fail("unshare"))?;
+    // Nothing mounted from here on propagates to the host.
+    rustix::mount::mount_change(
+        "/",
+        MountPropagationFlags::DOWNSTREAM | MountPropagationFlags::REC,
+    )
+    .map_err(fail_errno("making / a slave mount"))?;
+    rustix::process::umask(Mode::empty());
+
+    // The rootfs: no nosuid (setuid programs of the image behave as under Docker), nodev
+    // (device nodes work only in the container's own /dev tmpfs).
+    let data = format!(
+        "fd={},rootmode=40000,user_id=0,group_id=0,allow_other,default_permissions",
+        c.fuse.as_raw_fd()
+    );
+    let data = CString::new(data).map_err(|_| Fail {
+        code: EXIT_RUNTIME,
+        msg: "bad FUSE mount options".into(),
+    })?;
+    rustix::mount::mount(
+        "strata",
+        c.rootfs,
+        "fuse.strata",
+        MountFlags::NODEV | MountFlags::NOATIME,
+        Some(data.as_c_str()),
+    )
+    .map_err(fail_errno(format!(
+        "mounting the rootfs on {}",
+        c.rootfs.display()
+    )))?;
+    send_byte(c.to_shim.as_fd(), b'M').map_err(fail("telling the shim"))?;
+    match recv(&c.from_shim) {
+        Ok(Msg::Byte(b'G')) => {}
+        _ => csys::exit_now(EXIT_RUNTIME),
+    }
+
+    let root = rustix::fs::open(
+        c.rootfs,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(fail_errno("opening the rootfs"))?;
+    rustix::system::sethostname(c.spec.hostname.as_bytes()).map_err(fail_errno("sethostname"))?;
+    csys::interface_up("lo").map_err(fail("bringing up lo"))?;
+
+    for m in &c.spec.mounts {
+        mount_one(root.as_fd(), m)
+            .map_err(fail(format!("mounting {} ({})", m.destination, m.kind)))?;
+    }
+    make_devices(root.as_fd(), c.spec).map_err(fail("creating /dev"))?;
+    mounts::ensure(root.as_fd(), &c.spec.process.cwd, Leaf::Dir).map_err(fail(format!(
+        "creating the working directory {}",
+        c.spec.process.cwd
+    )))?;
+
+    rustix::mount::mount_change(
+        c.rootfs,
+        MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
+    )
+    .map_err(fail_errno("making the rootfs private"))?;
+    rustix::process::fchdir(&root).map_err(fail_errno("chdir to the rootfs"))?;
+    rustix::process::pivot_root(".", ".").map_err(fail_errno("pivot_root"))?;
+    rustix::mount::unmount(".", UnmountFlags::DETACH)
+        .map_err(fail_errno("detaching the old root"))?;
+    rustix::process::chdir("/").map_err(fail_errno("chdir /"))?;
+    drop(root);
+
+    for p in &c.spec.linux.masked_paths {
+        mask(p).map_err(fail(format!("masking {p}")))?;
+    }
+    for p in &c.spec.linux.readonly_paths {
+        readonly(p).map_err(fail(format!("making {p} read-only")))?;
+    }
+    if c.spec.root.readonly {
+        let slash = rustix::fs::open("/", OFlags::PATH | OFlags::CLOEXEC, Mode::empty())
+            .map_err(fail_errno("opening /"))?;
+        csys::mount_set_readonly(slash.as_fd(), false).map_err(fail("making / read-only"))?;
+    }
+    rustix::process::umask(Mode::from_raw_mode(0o022));
+    Err(exec_process(
+        &c.spec.process,
+        c.console.as_ref().map(|f| f.as_fd()),
+    ))
+}
+
+fn mount_one(root: BorrowedFd<'_>, m: &Mount) -> io::Result<()> {
+    let ro = m.options.iter().any(|o| o == "ro");
+    if m.kind == "bind" {
+        let src = Path::new(&m.source);
+        let leaf = if std::fs::metadata(src)?.is_dir() {
+            Leaf::Dir
+        } else {
+            Leaf::File
+        };
+        let target = mounts::ensure(root, &m.destination, leaf)?;
+        let tree = mounts::bind_tree(src, ro)?;
+        return mounts::attach(&tree, &target);
+    }
+    let tree = match mounts::new_fs(&m.kind, &m.options) {
+        Ok(t) => t,
+        // A kernel without POSIX message queues: no /dev/mqueue, as runc does.
+        Err(e) if m.kind == "mqueue" && e.raw_os_error() == Some(libc::ENODEV) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let target = mounts::ensure(root, &m.destination, Leaf::Dir)?;
+    if !mounts::is_dir(&target)? {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the target is not a directory",
+        ));
+    }
+    mounts::attach(&tree, &target)
+}
+
+fn make_devices(root: BorrowedFd<'_>, spec: &Spec) -> io::Result<()> {
+    for d in &spec.linux.devices {
+        let (parent, name) = match d.path.rsplit_once('/') {
+            Some((p, n)) if !n.is_empty() => (if p.is_empty() { "/" } else { p }, n),
+            _ => continue,
+        };
+        let dir = mounts::ensure(root, parent, Leaf::Dir)?;
+        let kind = if d.kind == "b" {
+            FileType::BlockDevice
+        } else {
+            FileType::CharacterDevice
+        };
+        match rustix::fs::mknodat(
+            &dir,
+            name,
+            kind,
+            Mode::from_raw_mode(d.file_mode & 0o7777),
+            rustix::fs::makedev(d.major, d.minor),
+        ) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let dev = mounts::ensure(root, "/dev", Leaf::Dir)?;
+    for (name, target) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        match rustix::fs::symlinkat(target, &dev, name) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+fn mask(path: &str) -> io::Result<()> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let tree = if meta.is_dir() {
+        mounts::new_fs(
+            "tmpfs",
+            &["ro", "nosuid", "nodev", "noexec", "size=0"].map(String::from),
+        )?
+    } else {
+        mounts::bind_tree(Path::new("/dev/null"), false)?
+    };
+    mounts::attach_path(&tree, path)
+}
+
+fn readonly(path: &str) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    let tree = mounts::bind_tree(Path::new(path), true)?;
+    mounts::attach_path(&tree, path)
+}
+
+/// The last steps of starting a process in the container (also used by `exec`, already
+/// inside the container's namespaces and root): user, capabilities, no_new_privs, working
+/// directory, clean signals and descriptors, then execve with a PATH search. Returns only
+/// on failure.
+pub fn exec_process(p: &Process, console: Option<BorrowedFd<'_>>) -> Fail {
+    match prepare_and_exec(p, console) {
+        Err(f) => f,
+        Ok(never) => match never {},
+    }
+}
+
+fn prepare_and_exec(p: &Process, console: Option<BorrowedFd<'_>>) -> Result<Infallible, Fail> {
+    if p.args.is_empty() {
+        return Err(Fail {
+            code: EXIT_RUNTIME,
+            msg: "no command".into(),
+        });
+    }
+    let who = resolve_user(&p.user)?;
+    if p.terminal {
+        let sock = console.ok_or_else(|| Fail {
+            code: EXIT_RUNTIME,
+            msg: "a terminal was asked for but nobody takes it".into(),
+        })?;
+        let master = super::tty::open_console(who.uid).map_err(fail("allocating a terminal"))?;
+        super::tty::send_fd(sock, master.as_fd()).map_err(fail("handing over the terminal"))?;
+    }
+    let mut env = p.env.clone();
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!("HOME={}", who.home));
+    }
+    drop_privileges(p, &who)?;
+    rustix::process::chdir(p.cwd.as_str()).map_err(|e| Fail {
+        code: EXIT_CANNOT_EXECUTE,
+        msg: format!("chdir to {}: {}", p.cwd, io::Error::from(e)),
+    })?;
+    csys::reset_signals().map_err(fail("resetting signals"))?;
+    csys::cloexec_from(3).map_err(fail("closing descriptors"))?;
+    exec_search(&p.args, &env)
+}
+
+fn resolve_user(u: &spec::User) -> Result<ExecUser, Fail> {
+    let wanted = match &u.username {
+        Some(name) => name.clone(),
+        None if u.gid == 0 => u.uid.to_string(),
+        None => format!("{}:{}", u.uid, u.gid),
+    };
+    let passwd = std::fs::read_to_string("/etc/passwd").ok();
+    let group = std::fs::read_to_string("/etc/group").ok();
+    let mut who =
+        user::resolve(&wanted, passwd.as_deref(), group.as_deref()).map_err(|msg| Fail {
+            code: EXIT_RUNTIME,
+            msg,
+        })?;
+    for g in &u.additional_gids {
+        if !who.groups.contains(g) {
+            who.groups.push(*g);
+        }
+    }
+    Ok(who)
+}
+
+fn drop_privileges(p: &Process, who: &ExecUser) -> Result<(), Fail> {
+    let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40)
+        .min(63);
+    let bounding = spec::cap_mask(&p.capabilities.bounding);
+    for cap in 0..=last {
+        if bounding & (1u64 << cap) != 0 {
+            continue;
+        }
+        match rustix::thread::remove_capability_from_bounding_set(CapabilitySet::from_bits_retain(
+            1u64 << cap,
+        )) {
+            Ok(()) | Err(rustix::io::Errno::INVAL) => {}
+            Err(e) => return Err(fail_errno(format!("dropping capability {cap}"))(e)),
+        }
+    }
+    let _ = rustix::thread::clear_ambient_capability_set();
+    let groups: Vec<rustix::process::Gid> = who
+        .groups
+        .iter()
+        .map(|g| rustix::process::Gid::from_raw(*g))
+        .collect();
+    rustix::thread::set_thread_groups(&groups).map_err(fail_errno("setgroups"))?;
+    let gid = rustix::process::Gid::from_raw(who.gid);
+    let uid = rustix::process::Uid::from_raw(who.uid);
+    rustix::thread::set_thread_res_gid(gid, gid, gid).map_err(fail_errno("setgid"))?;
+    rustix::thread::set_thread_res_uid(uid, uid, uid).map_err(fail_errno("setuid"))?;
+    let (effective, permitted, inheritable) = if who.uid == 0 {
+        (
+            spec::cap_mask(&p.capabilities.effective),
+            spec::cap_mask(&p.capabilities.permitted),
+            spec::cap_mask(&p.capabilities.inheritable),
+        )
+    } else {
+        (0, 0, 0)
+    };
+    rustix::thread::set_capabilities(
+        None,
+        CapabilitySets {
+            effective: CapabilitySet::from_bits_retain(effective & permitted),
+            permitted: CapabilitySet::from_bits_retain(permitted),
+            inheritable: CapabilitySet::from_bits_retain(inheritable),
+        },
+    )
+    .map_err(fail_errno("capset"))?;
+    if p.no_new_privileges {
+        rustix::thread::set_no_new_privs(true).map_err(fail_errno("no_new_privs"))?;
+    }
+    Ok(())
+}
+
+fn cstrings(v: &[String]) -> Result<Vec<CString>, Fail> {
+    v.iter()
+        .map(|s| CString::new(s.as_str()))
+        .collect::<Result<_, _>>()
+        .map_err(|_| Fail {
+            code: EXIT_RUNTIME,
+            msg: "an argument or environment variable contains a NUL byte".into(),
+        })
+}
+
+/// Docker's wording: `exec: "x": permission denied`.
+fn errno_text(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ENOENT) => "no such file or directory".into(),
+        Some(libc::EACCES) => "permission denied".into(),
+        Some(libc::ENOEXEC) => "exec format error".into(),
+        Some(libc::EISDIR) => "is a directory".into(),
+        Some(libc::ENOTDIR) => "not a directory".into(),
+        Some(libc::ELOOP) => "too many levels of symbolic links".into(),
+        Some(libc::ETXTBSY) => "text file busy".into(),
+        _ => e.to_string(),
+    }
+}
+
+fn exec_fail(prog: &str, e: &io::Error) -> Fail {
+    let code = match e.raw_os_error() {
+        Some(libc::ENOENT) => EXIT_NOT_FOUND,
+        _ => EXIT_CANNOT_EXECUTE,
+    };
+    Fail {
+        code,
+        msg: format!("exec: {prog:?}: {}", errno_text(e)),
+    }
+}
+
+fn exec_search(args: &[String], env: &[String]) -> Result<Infallible, Fail> {
+    let argv = cstrings(args)?;
+    let envp = cstrings(env)?;
+    let prog = args[0].as_str();
+    if prog.contains('/') {
+        let path = cstrings(&[prog.to_string()])?;
+        let e = csys::execve(&path[0], &argv, &envp);
+        return Err(exec_fail(prog, &e));
+    }
+    let search = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(spec::DEFAULT_PATH);
+    let mut denied = false;
+    for dir in search.split(':') {
+        let dir = if dir.is_empty() { "." } else { dir };
+        let full = cstrings(&[format!("{dir}/{prog}")])?;
+        let e = csys::execve(&full[0], &argv, &envp);
+        match e.raw_os_error() {
+            Some(libc::ENOENT) | Some(libc::ENOTDIR) => {}
+            Some(libc::EACCES) => denied = true,
+            _ => return Err(exec_fail(prog, &e)),
+        }
+    }
+    Err(if denied {
+        Fail {
+            code: EXIT_CANNOT_EXECUTE,
+            msg: format!("exec: {prog:?}: permission denied"),
+        }
+    } else {
+        Fail {
+            code: EXIT_NOT_FOUND,
+            msg: format!("exec: {prog:?}: executable file not found in $PATH"),
+        }
+    })
+}
