@@ -28,9 +28,11 @@ use super::tree::{MergedTree, Node, NodeKind};
 /// Layers are immutable, so the kernel may cache names and attributes for as long as it likes.
 const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Backing files kept registered with the kernel after their last close, so re-opening a hot
-/// file costs no `open` + ioctl (each costs the kernel one `struct file`, about 1 KiB). Also
-/// the bound of the per-inode file cache of userspace reads.
+/// file costs no `open` + ioctl (each costs the kernel one `struct file`, about 1 KiB).
 const BACKING_CACHE: usize = 64 * 1024;
+/// Data files kept open for userspace reads (these count against the daemon's open-files
+/// limit, unlike passthrough registrations).
+const OPEN_FILES: usize = 1024;
 const MAX_NAME: usize = 255;
 const READAHEAD: u32 = 1 << 20;
 
@@ -111,7 +113,7 @@ impl ReadOnlyFs {
             return Ok(None);
         };
         let f = Arc::new(File::open(path)?);
-        if files.len() >= BACKING_CACHE {
+        if files.len() >= OPEN_FILES {
             files.clear();
         }
         files.insert(ino, f.clone());
