@@ -287,6 +287,8 @@ fn published_tcp_and_udp_ports_loopback_bridge_address_hairpin_restart() {
     // Unpublished: port 82 only on the container's own address.
     let ip = r.ip("web");
     assert!(ip.starts_with("10.213.0."), "{ip}");
+    let hosts = r.ok(&["exec", "web", "cat", "/etc/hosts"]);
+    assert!(hosts.contains(&format!("{ip}\t{hostname}\n")), "{hosts}");
     assert!(http_get(&format!("{ip}:82"), "/hostname").is_some());
     assert!(http_get("127.0.0.1:82", "/hostname").is_none());
     assert!(http_get(&format!("{GATEWAY}:82"), "/hostname").is_none());
