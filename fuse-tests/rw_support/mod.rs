@@ -227,8 +227,20 @@ impl Backend for KernelOverlay {
     }
 
     fn unmount_at(&self, mnt: &Path) -> Result<(), String> {
-        rustix::mount::unmount(mnt, rustix::mount::UnmountFlags::empty())
-            .map_err(|e| format!("umount {}: {e}", mnt.display()))?;
+        // Tests run in parallel threads and some fork (without exec) to drop privileges: such
+        // a child briefly holds copies of every descriptor of the process, including files
+        // another test has open in this mount. So EBUSY is retried, bounded: 250 × 20 ms.
+        let mut tries = 0;
+        loop {
+            match rustix::mount::unmount(mnt, rustix::mount::UnmountFlags::empty()) {
+                Ok(()) => break,
+                Err(rustix::io::Errno::BUSY) if tries < 250 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(format!("umount {}: {e}", mnt.display())),
+            }
+        }
         if !wait_unmounted(mnt) {
             return Err(format!("{} still mounted", mnt.display()));
         }

@@ -79,7 +79,10 @@ pub fn list(root: &Path, as_json: bool, quiet: bool) -> anyhow::Result<i32> {
                 repo,
                 tag,
                 r.id.short(),
-                r.created.as_deref().unwrap_or("-"),
+                r.created
+                    .as_deref()
+                    .map(|c| format!("{} ago", crate::runtime::time::age(c)))
+                    .unwrap_or_else(|| "-".into()),
                 human_size(r.size)
             );
         }

@@ -147,7 +147,9 @@ pub fn mount(root: &Path, args: MountArgs) -> anyhow::Result<i32> {
     let _ = child.wait();
     let why = std::fs::read_to_string(&log_path).unwrap_or_default();
     let _ = std::fs::remove_file(&log_path);
-    bail!("mount daemon failed: {}", why.trim())
+    // The daemon printed its own error (with its "strata: " prefix): pass it on as ours.
+    let why = why.trim();
+    bail!("{}", why.strip_prefix("strata: ").unwrap_or(why))
 }
 
 /// The writable layer directory of a `--rw` mount, made absolute (the daemon may run

@@ -150,6 +150,26 @@ impl ReadOnlyFs {
         }
     }
 
+    /// `.`, `..` and the children of directory `ino` from readdir offset `offset` on, each with
+    /// the offset of the entry after it.
+    fn listing(
+        &self,
+        ino: INodeNo,
+        offset: u64,
+    ) -> Result<impl Iterator<Item = (u64, &[u8], u64)> + '_, Errno> {
+        let n = self.node(ino)?;
+        let NodeKind::Dir { children } = &n.kind else {
+            return Err(Errno::ENOTDIR);
+        };
+        let dots = [(&b"."[..], ino.0), (&b".."[..], n.parent)];
+        Ok(dots
+            .into_iter()
+            .chain(children.iter().map(|(name, c)| (name.as_ref(), *c)))
+            .enumerate()
+            .skip(usize::try_from(offset).unwrap_or(usize::MAX))
+            .map(|(i, (name, child))| (i as u64 + 1, name, child)))
+    }
+
     fn data_file(&self, n: &Node) -> Option<PathBuf> {
         let NodeKind::File { file: Some(file) } = n.kind else {
             return None;
@@ -388,24 +408,17 @@ impl Filesystem for ReadOnlyFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let n = match self.node(ino) {
-            Ok(n) => n,
+        let entries = match self.listing(ino, offset) {
+            Ok(e) => e,
             Err(e) => return reply.error(e),
         };
-        let NodeKind::Dir { children } = &n.kind else {
-            return reply.error(Errno::ENOTDIR);
-        };
-        let dots = [(&b"."[..], ino.0), (&b".."[..], n.parent)];
-        let all = dots
-            .into_iter()
-            .chain(children.iter().map(|(name, c)| (name.as_ref(), *c)));
-        for (i, (name, child)) in all.enumerate().skip(offset as usize) {
+        for (next, name, child) in entries {
             let kind = self
                 .tree
                 .get(child)
                 .map(|c| file_type(&c.kind))
                 .unwrap_or(FileType::Directory);
-            if reply.add(INodeNo(child), i as u64 + 1, kind, OsStr::from_bytes(name)) {
+            if reply.add(INodeNo(child), next, kind, OsStr::from_bytes(name)) {
                 break;
             }
         }
@@ -421,25 +434,18 @@ impl Filesystem for ReadOnlyFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let n = match self.node(ino) {
-            Ok(n) => n,
+        let entries = match self.listing(ino, offset) {
+            Ok(e) => e,
             Err(e) => return reply.error(e),
         };
-        let NodeKind::Dir { children } = &n.kind else {
-            return reply.error(Errno::ENOTDIR);
-        };
-        let dots = [(&b"."[..], ino.0), (&b".."[..], n.parent)];
-        let all = dots
-            .into_iter()
-            .chain(children.iter().map(|(name, c)| (name.as_ref(), *c)));
-        for (i, (name, child)) in all.enumerate().skip(offset as usize) {
+        for (next, name, child) in entries {
             let Some(c) = self.tree.get(child) else {
                 continue;
             };
             let attr = self.attr(child, c);
             if reply.add(
                 INodeNo(child),
-                i as u64 + 1,
+                next,
                 OsStr::from_bytes(name),
                 &TTL,
                 &attr,

@@ -51,6 +51,15 @@ impl WritableFs {
         }
     }
 
+    /// The listing `opendir` took for handle `fh`.
+    fn snapshot(&self, fh: FileHandle) -> Option<DirSnapshot> {
+        self.dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh.0)
+            .cloned()
+    }
+
     fn fh(&self) -> u64 {
         self.next_fh.fetch_add(1, Ordering::Relaxed)
     }
@@ -531,16 +540,10 @@ impl Filesystem for WritableFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let Some(snap) = self
-            .dirs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&fh.0)
-            .cloned()
-        else {
+        let _ = ino;
+        let Some(snap) = self.snapshot(fh) else {
             return reply.error(Errno::EBADF);
         };
-        let _ = ino;
         for (i, (name, child, kind)) in snap.iter().enumerate().skip(offset as usize) {
             if reply.add(
                 INodeNo(*child),
@@ -563,16 +566,10 @@ impl Filesystem for WritableFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let Some(snap) = self
-            .dirs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&fh.0)
-            .cloned()
-        else {
+        let _ = ino;
+        let Some(snap) = self.snapshot(fh) else {
             return reply.error(Errno::EBADF);
         };
-        let _ = ino;
         for (i, (name, child, _)) in snap.iter().enumerate().skip(offset as usize) {
             // An entry removed since opendir is skipped rather than shown stale.
             let Ok(a) = self.view.getattr(*child) else {
