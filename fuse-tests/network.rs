@@ -358,6 +358,18 @@ fn a_host_port_in_use_is_a_clear_error_and_leaves_nothing() {
     assert!(o.err.contains("18291"), "{o:?}");
     assert_no_leak(&r.id("second"));
     assert_eq!(rules_of(&r.id("first")).len(), 1);
+    let ps = r.ok(&["ps"]);
+    assert!(ps.contains("0.0.0.0:18291->80/tcp"), "{ps}");
+    // -P: the image exposes 80/tcp; a free host port serves it.
+    r.ok(&[
+        "run", "-d", "--name", "all", "-P", IMAGE, "httpd", "-f", "-p", "80", "-h", "/etc",
+    ]);
+    let p = r.ok(&["port", "all", "80/tcp"]);
+    let port = p.trim().rsplit(':').next().unwrap().to_string();
+    let body = eventually("-P port", || {
+        http_get(&format!("127.0.0.1:{port}"), "/hostname")
+    });
+    assert_eq!(body.trim(), &r.id("all")[..12]);
 }
 
 #[test]

@@ -569,7 +569,7 @@ fn ps(root: &Path, args: PsArgs) -> anyhow::Result<i32> {
             command_text(c, !args.no_trunc),
             format!("{} ago", time::age(&c.meta.created)),
             status_text(c),
-            String::new(),
+            super::network::ports_text(c),
             c.meta.name.clone(),
         ]);
     }

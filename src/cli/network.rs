@@ -221,6 +221,29 @@ pub fn port(root: &Path, container: &str, which: Option<&str>) -> anyhow::Result
     Ok(0)
 }
 
+/// The PORTS column of `ps`: `0.0.0.0:8080->80/tcp, …` while running.
+pub fn ports_text(c: &Container) -> String {
+    if c.state.status != Status::Running {
+        return String::new();
+    }
+    net::attached(&c.dir)
+        .map(|a| {
+            a.ports
+                .iter()
+                .map(|m| {
+                    let ip = if m.host_ip.is_empty() {
+                        "0.0.0.0"
+                    } else {
+                        &m.host_ip
+                    };
+                    format!("{ip}:{}->{}/{}", m.host_port, m.container_port, m.proto)
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
+}
+
 /// `NetworkSettings` of `inspect`.
 pub fn settings_json(c: &Container) -> Value {
     let a = (c.state.status == Status::Running)
