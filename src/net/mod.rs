@@ -532,7 +532,12 @@ fn remove_bridge(n: &Network) -> Result<(), NetError> {
         };
         let mut a = vec!["-w", "5", "-t", table, "-D", chain];
         a.extend(rule.iter().map(String::as_str));
-        while ok("iptables", &a) {}
+        // Bounded: a rule added twice by hand is removed too, but never loop forever.
+        for _ in 0..16 {
+            if !ok("iptables", &a) {
+                break;
+            }
+        }
     }
     if link_exists(&n.bridge) {
         run("ip", &["link", "del", &n.bridge])?;
