@@ -268,6 +268,8 @@ fn environment_workdir_user_and_hostname() {
         "/srv/files",
         "--hostname",
         "web",
+        "--network",
+        "none",
         IMAGE,
         "sh",
         "-c",
@@ -333,6 +335,8 @@ fn the_command_is_pid_1_in_its_own_namespaces() {
     let out = r.ok(&[
         "run",
         "--rm",
+        "--network",
+        "none",
         IMAGE,
         "sh",
         "-c",

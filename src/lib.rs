@@ -9,6 +9,7 @@ pub mod digest;
 pub mod fs;
 pub mod image;
 pub mod layer;
+pub mod net;
 pub mod runtime;
 pub mod rwlayer;
 pub mod sys;

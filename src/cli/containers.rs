@@ -106,6 +106,8 @@ pub struct CreateArgs {
     /// Seconds `stop` waits before SIGKILL (default 10).
     #[arg(long)]
     pub stop_timeout: Option<u64>,
+    #[command(flatten)]
+    pub net: super::network::NetArgs,
     /// Image name, name:tag or ID.
     pub image: String,
     /// Command and arguments (replace the image's Cmd).
@@ -300,6 +302,7 @@ impl CreateArgs {
             auto_remove: auto_remove || self.rm,
             stop_signal: self.stop_signal.clone(),
             stop_timeout: self.stop_timeout,
+            net: self.net.options(),
         })
     }
 }
@@ -566,7 +569,7 @@ fn ps(root: &Path, args: PsArgs) -> anyhow::Result<i32> {
             command_text(c, !args.no_trunc),
             format!("{} ago", time::age(&c.meta.created)),
             status_text(c),
-            String::new(),
+            super::network::ports_text(c),
             c.meta.name.clone(),
         ]);
     }
@@ -763,6 +766,7 @@ fn container_json(c: &Container) -> Value {
             "StopSignal": c.meta.stop_signal,
             "ExposedPorts": c.meta.exposed_ports.iter().map(|p| (p.clone(), json!({}))).collect::<serde_json::Map<_, _>>(),
         },
+        "NetworkSettings": super::network::settings_json(c),
         "Spec": c.spec,
     })
 }

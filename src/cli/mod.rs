@@ -7,6 +7,7 @@
 mod containers;
 mod images;
 mod mount;
+mod network;
 
 use std::path::PathBuf;
 
@@ -86,6 +87,15 @@ pub enum Command {
     ServeMount(mount::MountArgs),
     #[command(flatten)]
     Containers(Box<containers::ContainerCommand>),
+    /// Manage networks.
+    #[command(subcommand)]
+    Network(network::NetworkCommand),
+    /// List a container's published ports.
+    Port {
+        container: String,
+        /// Only this container port (`80` or `80/udp`).
+        port: Option<String>,
+    },
 }
 
 /// Runs the parsed command; `Err` becomes exit code 125 with the message on stderr.
@@ -112,5 +122,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::ServeMount(args) => mount::serve(&root, args),
         Command::Umount { mountpoint } => mount::umount(&root, &mountpoint),
         Command::Containers(cmd) => containers::dispatch(&root, *cmd),
+        Command::Network(cmd) => network::dispatch(&root, cmd),
+        Command::Port { container, port } => network::port(&root, &container, port.as_deref()),
     }
 }

@@ -144,10 +144,11 @@ fn run_child(c: &Child<'_>) -> Result<Infallible, Fail> {
     rustix::stdio::dup2_stdout(&c.io.stdout).map_err(fail_errno("stdout"))?;
     rustix::stdio::dup2_stderr(&c.io.stderr).map_err(fail_errno("stderr"))?;
 
-    csys::unshare_namespaces(
-        UnshareFlags::NEWNS | UnshareFlags::NEWUTS | UnshareFlags::NEWIPC | UnshareFlags::NEWNET,
-    )
-    .map_err(fail("unshare"))?;
+    let mut flags = UnshareFlags::NEWNS | UnshareFlags::NEWUTS | UnshareFlags::NEWIPC;
+    if c.spec.linux.namespaces.iter().any(|n| n.kind == "network") {
+        flags |= UnshareFlags::NEWNET;
+    }
+    csys::unshare_namespaces(flags).map_err(fail("unshare"))?;
     // Nothing mounted from here on propagates to the host.
     rustix::mount::mount_change(
         "/",
@@ -190,7 +191,9 @@ fn run_child(c: &Child<'_>) -> Result<Infallible, Fail> {
     )
     .map_err(fail_errno("opening the rootfs"))?;
     rustix::system::sethostname(c.spec.hostname.as_bytes()).map_err(fail_errno("sethostname"))?;
-    csys::interface_up("lo").map_err(fail("bringing up lo"))?;
+    if c.spec.linux.namespaces.iter().any(|n| n.kind == "network") {
+        csys::interface_up("lo").map_err(fail("bringing up lo"))?;
+    }
 
     for m in &c.spec.mounts {
         mount_one(root.as_fd(), m)

@@ -68,6 +68,8 @@ pub enum RuntimeError {
     NotRunning(String),
     #[error("no command specified: the image has no Entrypoint or Cmd; give one after the image")]
     NoCommand,
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
     #[error("invalid {what} {value:?}: {why}")]
     InvalidArg {
         what: &'static str,
@@ -256,6 +258,8 @@ impl Runtime {
         if let Some(s) = &opts.stop_signal {
             spec::parse_signal(s)?;
         }
+        let exposed: Vec<String> = config.config.exposed_ports.keys().cloned().collect();
+        let (net, _warnings) = crate::net::plan(&self.root, &opts.net, &exposed)?;
 
         let id = names::new_id().map_err(sys_err("random ID"))?;
         // The directory first: a name whose owner directory exists is taken (see
@@ -350,11 +354,19 @@ impl Runtime {
                     host_env,
                 },
             )?;
+            let mut spec = spec;
             let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+            let (hosts, resolv) = if net.own_namespace() {
+                (spec::hosts_file(&spec.hostname), spec::resolv_conf(&resolv))
+            } else {
+                spec.linux.namespaces.retain(|n| n.kind != "network");
+                let h = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+                (h, resolv)
+            };
             for (file, body) in [
                 ("hostname", format!("{}\n", spec.hostname)),
-                ("hosts", spec::hosts_file(&spec.hostname)),
-                ("resolv.conf", spec::resolv_conf(&resolv)),
+                ("hosts", hosts),
+                ("resolv.conf", resolv),
             ] {
                 let p = dir.join(file);
                 std::fs::write(&p, body).map_err(store::io_err(&p))?;
@@ -376,6 +388,7 @@ impl Runtime {
                 tty: opts.tty,
                 volumes: mounts,
                 exposed_ports: config.config.exposed_ports.keys().cloned().collect(),
+                net: net.clone(),
             };
             store::write_json(&dir.join(store::CONFIG_FILE), &spec)?;
             store::write_state(&dir, &State::created())?;
@@ -705,6 +718,7 @@ pub(crate) fn mark_dead(c: &mut Container) -> Result<(), RuntimeError> {
         }
     }
     cgroups::remove(&c.state.cgroups);
+    crate::net::detach(&c.id, &c.dir);
     c.state.status = Status::Exited;
     c.state.exit_code = 128 + libc::SIGKILL;
     c.state.error = format!(

@@ -170,6 +170,7 @@ pub fn run(root: &Path, args: ShimArgs) -> Result<i32, RuntimeError> {
     }
     finish_session(&running.session);
     cgroups::remove(&running.cgroups);
+    crate::net::detach(&c.id, &c.dir);
     c.state.status = Status::Exited;
     c.state.exit_code = code;
     c.state.pid = 0;
@@ -260,6 +261,9 @@ struct ChildGuard {
     pid: i32,
     cgroups: Vec<PathBuf>,
     session: Option<mpsc::Receiver<std::io::Result<()>>>,
+    /// The container's directory once its network may be wired (undone on failure).
+    net_dir: Option<PathBuf>,
+    id: String,
     armed: bool,
 }
 
@@ -276,6 +280,9 @@ impl Drop for ChildGuard {
             finish_session(s);
         }
         cgroups::remove(&self.cgroups);
+        if let Some(d) = &self.net_dir {
+            crate::net::detach(&self.id, d);
+        }
     }
 }
 
@@ -373,6 +380,8 @@ fn launch(root: &Path, c: &Container) -> Result<Running, Fail> {
         pid,
         cgroups: vec![],
         session: None,
+        net_dir: None,
+        id: c.id.clone(),
         armed: true,
     };
 
@@ -393,6 +402,16 @@ fn launch(root: &Path, c: &Container) -> Result<Running, Fail> {
             ));
         }
     }
+    // The init has its network namespace now and waits for `G`: wire it.
+    let member = crate::net::Member {
+        id: &c.id,
+        name: &c.meta.name,
+        hostname: &c.spec.hostname,
+        dir: &c.dir,
+        net: &c.meta.net,
+    };
+    guard.net_dir = Some(c.dir.clone());
+    crate::net::attach(root, &member, pid).map_err(fail_rt)?;
     let config = fs::read_write_config("strata", FUSE_THREADS);
     let session = {
         let _s = info_span!("fuse_init").entered();

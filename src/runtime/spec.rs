@@ -281,6 +281,8 @@ pub struct CreateOptions {
     pub auto_remove: bool,
     pub stop_signal: Option<String>,
     pub stop_timeout: Option<u64>,
+    /// `--network`, `-p`, `-P`, `--network-alias`.
+    pub net: crate::net::NetOptions,
 }
 
 fn invalid(what: &'static str, value: &str, why: impl Into<String>) -> RuntimeError {

@@ -57,6 +57,8 @@ pub struct ContainerMeta {
     pub volumes: Vec<VolumeMount>,
     #[serde(default)]
     pub exposed_ports: Vec<String>,
+    #[serde(default)]
+    pub net: crate::net::ContainerNet,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]

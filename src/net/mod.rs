@@ -1,0 +1,943 @@
+//! Container networking: bridges, a veth pair per container, addresses, published ports.
+//!
+//! Everything is done by running `ip`, `nsenter` and `iptables` (iproute2, util-linux and
+//! iptables are on every host that runs containers; the netlink crates are async/tokio, and
+//! a shim is synchronous and must stay small). Every command's failure becomes a
+//! [`NetError::Cmd`] with the command line and its stderr.
+//!
+//! - Networks: `bridge` (the default, device `strata0`, 10.213.0.0/24), `host`, `none`, and
+//!   user networks (`<root>/networks/<name>.json`, each its own bridge `strataN`).
+//! - Leases: host-wide under [`RUN_DIR`] (a bridge is a host-wide thing: two state roots share
+//!   `strata0`), one file per address, written under one host-wide lock; a lease whose
+//!   container's shim no longer holds its shim lock is stale and is reclaimed, with its rules.
+//! - Ports: iptables DNAT in strata's own nat chain `STRATA` (jumped to from PREROUTING and
+//!   OUTPUT for local destinations); `localhost:PORT` works by `route_localnet` on the bridge
+//!   plus masquerading of local sources (no userland proxy process per port). Every
+//!   container rule carries the comment `strata:<id>`, so removing them never touches
+//!   anybody else's rule.
+//! - Names: on a user network, each running member's `/etc/hosts` (a bind-mounted file of its
+//!   state directory) is rewritten in place as peers start and stop.
+
+pub mod ports;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Write};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, info_span, warn};
+
+pub use ports::PortSpec;
+
+/// Host-wide network state (leases, lock); tmpfs, so a reboot frees every lease.
+pub const RUN_DIR: &str = "/run/strata/net";
+/// The default network's name, bridge and subnet.
+pub const DEFAULT_NETWORK: &str = "bridge";
+pub const DEFAULT_BRIDGE: &str = "strata0";
+pub const DEFAULT_SUBNET: &str = "10.213.0.0/24";
+/// The comment prefix of every per-container iptables rule.
+const RULE_TAG: &str = "strata:";
+/// The container's network record in its state directory.
+pub const NET_RECORD: &str = "net.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("{cmd}: {msg}")]
+    Cmd { cmd: String, msg: String },
+    #[error("invalid {what} {value:?}: {why}")]
+    Invalid {
+        what: &'static str,
+        value: String,
+        why: String,
+    },
+    #[error("no such network: {0}")]
+    NoSuchNetwork(String),
+    #[error("network {0} already exists")]
+    Exists(String),
+    #[error("network {name} is in use by container(s) {containers}")]
+    InUse { name: String, containers: String },
+    #[error("cannot publish {0}: the host port is already in use")]
+    PortInUse(String),
+    #[error("no free address left in network {0}")]
+    Exhausted(String),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+fn io_err(p: &Path) -> impl FnOnce(io::Error) -> NetError + '_ {
+    move |source| NetError::Io {
+        path: p.to_path_buf(),
+        source,
+    }
+}
+
+fn invalid(what: &'static str, value: &str, why: impl Into<String>) -> NetError {
+    NetError::Invalid {
+        what,
+        value: value.into(),
+        why: why.into(),
+    }
+}
+
+/// What the user asked for (`--network`, `-p`, `-P`, `--network-alias`).
+#[derive(Debug, Clone, Default)]
+pub struct NetOptions {
+    pub network: Option<String>,
+    pub publish: Vec<String>,
+    pub publish_all: bool,
+    pub aliases: Vec<String>,
+}
+
+/// A container's network configuration, recorded at create.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ContainerNet {
+    /// `bridge`, `host`, `none` or a user network's name; empty (older records) = `none`.
+    #[serde(default)]
+    pub mode: String,
+    #[serde(default)]
+    pub ports: Vec<PortSpec>,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+}
+
+impl ContainerNet {
+    /// Whether the container gets its own network namespace.
+    pub fn own_namespace(&self) -> bool {
+        self.mode != "host"
+    }
+    /// Whether the container is attached to a bridge.
+    pub fn bridged(&self) -> bool {
+        !matches!(self.mode.as_str(), "" | "none" | "host")
+    }
+}
+
+/// A network definition.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Network {
+    pub name: String,
+    pub bridge: String,
+    pub subnet: String,
+    pub gateway: String,
+    #[serde(default)]
+    pub created: String,
+}
+
+impl Network {
+    fn default_bridge() -> Self {
+        Network {
+            name: DEFAULT_NETWORK.into(),
+            bridge: DEFAULT_BRIDGE.into(),
+            subnet: DEFAULT_SUBNET.into(),
+            gateway: "10.213.0.1".into(),
+            created: String::new(),
+        }
+    }
+    fn prefix(&self) -> Result<(Ipv4Addr, u8), NetError> {
+        parse_cidr(&self.subnet)
+    }
+}
+
+/// `a.b.c.d/n` → network address and prefix length.
+pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), NetError> {
+    let (a, n) = s
+        .split_once('/')
+        .ok_or_else(|| invalid("subnet", s, "use a.b.c.d/len"))?;
+    let a: Ipv4Addr = a.parse().map_err(|_| invalid("subnet", s, "bad address"))?;
+    let n: u8 = n.parse().map_err(|_| invalid("subnet", s, "bad length"))?;
+    if !(8..=29).contains(&n) {
+        return Err(invalid("subnet", s, "the prefix length must be 8 to 29"));
+    }
+    let mask = u32::MAX << (32 - n);
+    Ok((Ipv4Addr::from(u32::from(a) & mask), n))
+}
+
+fn overlaps(a: (Ipv4Addr, u8), b: (Ipv4Addr, u8)) -> bool {
+    let n = a.1.min(b.1);
+    let mask = if n == 0 { 0 } else { u32::MAX << (32 - n) };
+    u32::from(a.0) & mask == u32::from(b.0) & mask
+}
+
+/// Runs a command; its stdout, or its stderr as the error.
+pub(crate) fn run(prog: &str, args: &[&str]) -> Result<String, NetError> {
+    let out = Command::new(prog)
+        .args(args)
+        .output()
+        .map_err(|e| NetError::Cmd {
+            cmd: format!("{prog} {}", args.join(" ")),
+            msg: e.to_string(),
+        })?;
+    if !out.status.success() {
+        return Err(NetError::Cmd {
+            cmd: format!("{prog} {}", args.join(" ")),
+            msg: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ok(prog: &str, args: &[&str]) -> bool {
+    Command::new(prog)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn link_exists(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+/// Holds the host-wide network lock.
+pub struct NetLock {
+    _f: File,
+}
+
+pub fn lock() -> Result<NetLock, NetError> {
+    let dir = Path::new(RUN_DIR);
+    std::fs::create_dir_all(dir.join("leases")).map_err(io_err(dir))?;
+    let p = dir.join("lock");
+    Ok(NetLock {
+        _f: crate::sys::lock_file(&p).map_err(io_err(&p))?,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Networks
+
+/// The user networks of a state root.
+pub struct Networks {
+    dir: PathBuf,
+}
+
+fn valid_name(n: &str) -> bool {
+    let mut c = n.chars();
+    c.next().is_some_and(|f| f.is_ascii_alphanumeric())
+        && c.all(|ch| ch.is_ascii_alphanumeric() || "_.-".contains(ch))
+        && n.len() <= 64
+}
+
+impl Networks {
+    pub fn open(root: &Path) -> Result<Self, NetError> {
+        let dir = root.join("networks");
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        Ok(Networks { dir })
+    }
+
+    /// Every network: the built-in ones first, then user networks by name.
+    pub fn list(&self) -> Result<Vec<Network>, NetError> {
+        let mut out = vec![Network::default_bridge()];
+        let mut user = BTreeMap::new();
+        for e in std::fs::read_dir(&self.dir).map_err(io_err(&self.dir))? {
+            let e = e.map_err(io_err(&self.dir))?;
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "json")
+                && let Ok(text) = std::fs::read(&p)
+                && let Ok(n) = serde_json::from_slice::<Network>(&text)
+            {
+                user.insert(n.name.clone(), n);
+            }
+        }
+        out.extend(user.into_values());
+        Ok(out)
+    }
+
+    pub fn get(&self, name: &str) -> Result<Network, NetError> {
+        if name == DEFAULT_NETWORK {
+            return Ok(Network::default_bridge());
+        }
+        if !valid_name(name) {
+            return Err(NetError::NoSuchNetwork(name.into()));
+        }
+        let p = self.dir.join(format!("{name}.json"));
+        match std::fs::read(&p) {
+            Ok(t) => serde_json::from_slice(&t).map_err(|e| NetError::Io {
+                path: p.clone(),
+                source: io::Error::other(e),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(NetError::NoSuchNetwork(name.into()))
+            }
+            Err(e) => Err(io_err(&p)(e)),
+        }
+    }
+
+    /// `network create`: a new bridge with its subnet (the first free 10.213.N.0/24 unless
+    /// given).
+    pub fn create(&self, name: &str, subnet: Option<&str>) -> Result<Network, NetError> {
+        let _s = info_span!("network_create", name).entered();
+        if !valid_name(name) || matches!(name, "bridge" | "host" | "none" | "default") {
+            return Err(invalid(
+                "network name",
+                name,
+                "use [a-zA-Z0-9][a-zA-Z0-9_.-]* (not bridge, host, none)",
+            ));
+        }
+        let _l = lock()?;
+        if self.get(name).is_ok() {
+            return Err(NetError::Exists(name.into()));
+        }
+        let taken = host_prefixes()?;
+        let subnet = match subnet {
+            Some(s) => {
+                let p = parse_cidr(s)?;
+                if let Some(t) = taken.iter().find(|t| overlaps(**t, p)) {
+                    return Err(invalid(
+                        "subnet",
+                        s,
+                        format!("overlaps {}/{} in use on this host", t.0, t.1),
+                    ));
+                }
+                p
+            }
+            None => (1..=255u8)
+                .map(|n| (Ipv4Addr::new(10, 213, n, 0), 24u8))
+                .find(|p| !taken.iter().any(|t| overlaps(*t, *p)))
+                .ok_or_else(|| NetError::Exhausted("10.213.0.0/16".into()))?,
+        };
+        let bridge = (1..1000)
+            .map(|i| format!("strata{i}"))
+            .find(|b| {
+                !link_exists(b)
+                    && !self
+                        .list()
+                        .map(|l| l.iter().any(|n| &n.bridge == b))
+                        .unwrap_or(true)
+            })
+            .ok_or_else(|| invalid("network", name, "no free bridge name"))?;
+        let gateway = Ipv4Addr::from(u32::from(subnet.0) + 1);
+        let n = Network {
+            name: name.into(),
+            bridge,
+            subnet: format!("{}/{}", subnet.0, subnet.1),
+            gateway: gateway.to_string(),
+            created: crate::runtime::time::now(),
+        };
+        ensure_bridge(&n)?;
+        let p = self.dir.join(format!("{name}.json"));
+        let body = serde_json::to_vec_pretty(&n).expect("serializable");
+        std::fs::write(&p, body).map_err(io_err(&p))?;
+        info!(bridge = n.bridge, subnet = n.subnet, "network created");
+        Ok(n)
+    }
+
+    /// `network rm` (the caller checks that no container uses it).
+    pub fn remove(&self, name: &str) -> Result<(), NetError> {
+        if matches!(name, "bridge" | "host" | "none") {
+            return Err(invalid(
+                "network",
+                name,
+                "a built-in network cannot be removed",
+            ));
+        }
+        let n = self.get(name)?;
+        let _l = lock()?;
+        remove_bridge(&n)?;
+        let p = self.dir.join(format!("{name}.json"));
+        std::fs::remove_file(&p).map_err(io_err(&p))
+    }
+}
+
+/// IPv4 prefixes routed on this host (other than strata's own bridges' are also here once up).
+fn host_prefixes() -> Result<Vec<(Ipv4Addr, u8)>, NetError> {
+    let out = run("ip", &["-4", "route", "show", "table", "all"])?;
+    let mut v = Vec::new();
+    for line in out.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        let first = if matches!(first, "local" | "broadcast" | "unicast") {
+            line.split_whitespace().nth(1).unwrap_or("")
+        } else {
+            first
+        };
+        if first == "default" {
+            continue;
+        }
+        let cidr = if first.contains('/') {
+            first.to_string()
+        } else {
+            format!("{first}/32")
+        };
+        if let Some((a, n)) = cidr.split_once('/')
+            && let (Ok(a), Ok(n)) = (a.parse::<Ipv4Addr>(), n.parse::<u8>())
+            && n >= 8
+        {
+            let mask = if n == 0 { 0 } else { u32::MAX << (32 - n) };
+            v.push((Ipv4Addr::from(u32::from(a) & mask), n));
+        }
+    }
+    Ok(v)
+}
+
+// ---------------------------------------------------------------------------------------
+// Bridges and iptables base rules
+
+fn ipt(table: &str, args: &[&str]) -> Result<(), NetError> {
+    let mut a = vec!["-w", "5", "-t", table];
+    a.extend_from_slice(args);
+    run("iptables", &a).map(|_| ())
+}
+
+/// `-C` then `-A`/`-I`: adds a rule once.
+fn ipt_ensure(table: &str, op: &[&str], rule: &[&str]) -> Result<(), NetError> {
+    let chain = op[op.len() - 1];
+    let chain = if op[0] == "-I" { op[1] } else { chain };
+    let mut check = vec!["-w", "5", "-t", table, "-C", chain];
+    check.extend_from_slice(rule);
+    if ok("iptables", &check) {
+        return Ok(());
+    }
+    let mut a = op.to_vec();
+    a.extend_from_slice(rule);
+    ipt(table, &a)
+}
+
+fn ensure_chain(table: &str, chain: &str) -> Result<(), NetError> {
+    if ok("iptables", &["-w", "5", "-t", table, "-n", "-L", chain]) {
+        return Ok(());
+    }
+    ipt(table, &["-N", chain])
+}
+
+/// strata's base chains and jumps (idempotent).
+fn ensure_base() -> Result<(), NetError> {
+    ensure_chain("nat", "STRATA")?;
+    ensure_chain("nat", "STRATA-POSTROUTING")?;
+    ensure_chain("filter", "STRATA-FORWARD")?;
+    let local = ["-m", "addrtype", "--dst-type", "LOCAL", "-j", "STRATA"];
+    ipt_ensure("nat", &["-A", "PREROUTING"], &local)?;
+    ipt_ensure("nat", &["-A", "OUTPUT"], &local)?;
+    ipt_ensure("nat", &["-A", "POSTROUTING"], &["-j", "STRATA-POSTROUTING"])?;
+    ipt_ensure("filter", &["-I", "FORWARD", "1"], &["-j", "STRATA-FORWARD"])?;
+    let fwd: [&[&str]; 4] = [
+        &[
+            "-o",
+            "strata+",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "RELATED,ESTABLISHED",
+            "-j",
+            "ACCEPT",
+        ],
+        &[
+            "-o",
+            "strata+",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "DNAT",
+            "-j",
+            "ACCEPT",
+        ],
+        &["-i", "strata+", "-o", "strata+", "-j", "DROP"],
+        &["-i", "strata+", "-j", "ACCEPT"],
+    ];
+    for r in fwd {
+        ipt_ensure("filter", &["-A", "STRATA-FORWARD"], r)?;
+    }
+    Ok(())
+}
+
+fn net_rules(n: &Network) -> Vec<(&'static str, Vec<String>)> {
+    let tag = format!("strata-net:{}", n.bridge);
+    let s = |v: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = v.iter().map(|x| x.to_string()).collect();
+        v.extend(["-m", "comment", "--comment", &tag].map(String::from));
+        v
+    };
+    let (sub, br) = (n.subnet.as_str(), n.bridge.as_str());
+    vec![
+        // Outbound: masquerade behind the host's address.
+        ("nat", s(&["-s", sub, "!", "-o", br, "-j", "MASQUERADE"])),
+        // localhost:PORT and host → container through a published port.
+        (
+            "nat",
+            s(&[
+                "-o",
+                br,
+                "-m",
+                "addrtype",
+                "--src-type",
+                "LOCAL",
+                "-j",
+                "MASQUERADE",
+            ]),
+        ),
+        // Hairpin: a container reaching a published port of its own network.
+        (
+            "nat",
+            s(&[
+                "-s",
+                sub,
+                "-o",
+                br,
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "DNAT",
+                "-j",
+                "MASQUERADE",
+            ]),
+        ),
+        // Members of one network (bridged traffic, if br_netfilter is loaded).
+        ("filter", s(&["-i", br, "-o", br, "-j", "ACCEPT"])),
+    ]
+}
+
+/// The bridge of `n` with its gateway address, up, and its rules.
+fn ensure_bridge(n: &Network) -> Result<(), NetError> {
+    let _s = info_span!("bridge", name = n.bridge).entered();
+    ensure_base()?;
+    let (_, len) = n.prefix()?;
+    if !link_exists(&n.bridge) {
+        run("ip", &["link", "add", &n.bridge, "type", "bridge"])?;
+        info!("bridge created");
+    }
+    let addr = format!("{}/{len}", n.gateway);
+    let have = run("ip", &["-4", "-o", "addr", "show", "dev", &n.bridge])?;
+    if !have.contains(&format!(" {addr} ")) {
+        run("ip", &["addr", "add", &addr, "dev", &n.bridge])?;
+    }
+    run("ip", &["link", "set", &n.bridge, "up"])?;
+    let p = format!("/proc/sys/net/ipv4/conf/{}/route_localnet", n.bridge);
+    std::fs::write(&p, "1").map_err(io_err(Path::new(&p)))?;
+    let p = "/proc/sys/net/ipv4/ip_forward";
+    if std::fs::read_to_string(p)
+        .map(|s| s.trim() != "1")
+        .unwrap_or(true)
+    {
+        std::fs::write(p, "1").map_err(io_err(Path::new(p)))?;
+    }
+    for (table, rule) in net_rules(n) {
+        let r: Vec<&str> = rule.iter().map(String::as_str).collect();
+        if table == "nat" {
+            ipt_ensure(table, &["-A", "STRATA-POSTROUTING"], &r)?;
+        } else {
+            ipt_ensure(table, &["-I", "STRATA-FORWARD", "1"], &r)?;
+        }
+    }
+    Ok(())
+}
+
+fn remove_bridge(n: &Network) -> Result<(), NetError> {
+    for (table, rule) in net_rules(n) {
+        let chain = if table == "nat" {
+            "STRATA-POSTROUTING"
+        } else {
+            "STRATA-FORWARD"
+        };
+        let mut a = vec!["-w", "5", "-t", table, "-D", chain];
+        a.extend(rule.iter().map(String::as_str));
+        // Bounded: a rule added twice by hand is removed too, but never loop forever.
+        for _ in 0..16 {
+            if !ok("iptables", &a) {
+                break;
+            }
+        }
+    }
+    if link_exists(&n.bridge) {
+        run("ip", &["link", "del", &n.bridge])?;
+    }
+    Ok(())
+}
+
+/// Deletes every rule in strata's chains whose comment is exactly `tag`.
+fn delete_tagged(tag: &str) -> Result<usize, NetError> {
+    let mut n = 0;
+    for table in ["nat", "filter"] {
+        let Ok(save) = run("iptables-save", &["-t", table]) else {
+            continue;
+        };
+        for line in save.lines() {
+            let Some(rest) = line.strip_prefix("-A ") else {
+                continue;
+            };
+            if !rest.starts_with("STRATA") {
+                continue;
+            }
+            let args: Vec<&str> = rest.split_whitespace().collect();
+            let Some(i) = args.iter().position(|a| *a == "--comment") else {
+                continue;
+            };
+            if args.get(i + 1).map(|c| c.trim_matches('"')) != Some(tag) {
+                continue;
+            }
+            let mut a = vec!["-w", "5", "-t", table, "-D"];
+            a.extend(args.iter().map(|s| s.trim_matches('"')));
+            run("iptables", &a)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+// ---------------------------------------------------------------------------------------
+// Leases
+
+/// One address in use, host-wide.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Lease {
+    pub ip: String,
+    pub bridge: String,
+    pub network: String,
+    pub id: String,
+    pub name: String,
+    pub aliases: Vec<String>,
+    /// The container's state directory (its shim lock says whether the lease is live).
+    pub dir: PathBuf,
+    pub veth: String,
+    pub ports: Vec<ports::Mapping>,
+}
+
+impl Lease {
+    fn live(&self) -> bool {
+        crate::runtime::store::shim_alive(&self.dir)
+    }
+}
+
+fn lease_path(ip: &str) -> PathBuf {
+    Path::new(RUN_DIR).join("leases").join(ip)
+}
+
+/// Every lease (call with the lock held).
+fn leases() -> Vec<Lease> {
+    let dir = Path::new(RUN_DIR).join("leases");
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(&dir) {
+        for e in rd.flatten() {
+            if let Ok(t) = std::fs::read(e.path())
+                && let Ok(l) = serde_json::from_slice::<Lease>(&t)
+            {
+                out.push(l);
+            }
+        }
+    }
+    out
+}
+
+/// Frees a lease: its rules, its veth (gone with the namespace anyway), the address.
+fn release(l: &Lease) {
+    let _s = info_span!(
+        "release",
+        ip = l.ip,
+        id = crate::runtime::names::short(&l.id)
+    )
+    .entered();
+    if let Err(e) = delete_tagged(&format!("{RULE_TAG}{}", short(&l.id))) {
+        warn!(error = %e, "removing the container's iptables rules failed");
+    }
+    if link_exists(&l.veth)
+        && let Err(e) = run("ip", &["link", "del", &l.veth])
+    {
+        warn!(error = %e, "removing the veth failed");
+    }
+    let _ = std::fs::remove_file(lease_path(&l.ip));
+    info!("released");
+}
+
+/// Releases leases whose container is gone (call with the lock held); the live ones.
+fn reclaim() -> Vec<Lease> {
+    let mut live = Vec::new();
+    for l in leases() {
+        if l.live() {
+            live.push(l);
+        } else {
+            warn!(ip = l.ip, id = short(&l.id), "reclaiming a stale lease");
+            release(&l);
+        }
+    }
+    live
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+// ---------------------------------------------------------------------------------------
+// Attach / detach
+
+/// What `attach` set up; recorded as the container's `net.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Attached {
+    pub network: String,
+    pub bridge: String,
+    pub ip: String,
+    pub prefix: u8,
+    pub gateway: String,
+    pub veth: String,
+    pub ports: Vec<ports::Mapping>,
+}
+
+/// Who is attaching.
+pub struct Member<'a> {
+    pub id: &'a str,
+    pub name: &'a str,
+    pub hostname: &'a str,
+    pub dir: &'a Path,
+    pub net: &'a ContainerNet,
+}
+
+/// Connects the network namespace of `pid` (the container's init, stopped before it goes
+/// on) to its network: a veth pair, an address, a default route, the published ports,
+/// `/etc/hosts`. On error nothing of it is left.
+pub fn attach(root: &Path, m: &Member<'_>, pid: i32) -> Result<Option<Attached>, NetError> {
+    if !m.net.bridged() {
+        return Ok(None);
+    }
+    let _s = info_span!("net_attach", network = m.net.mode, pid).entered();
+    let n = Networks::open(root)?.get(&m.net.mode)?;
+    let _l = lock()?;
+    ensure_bridge(&n)?;
+    let live = reclaim();
+    // A lease of this container left by a dead shim was reclaimed above; a live one means a
+    // second shim, which the shim lock excludes.
+    let (net_addr, len) = n.prefix()?;
+    let gw: Ipv4Addr = n
+        .gateway
+        .parse()
+        .map_err(|_| invalid("gateway", &n.gateway, "bad address"))?;
+    let size = 1u32 << (32 - len);
+    let ip = (1..size - 1)
+        .map(|i| Ipv4Addr::from(u32::from(net_addr) + i))
+        .find(|a| *a != gw && !lease_path(&a.to_string()).exists())
+        .ok_or_else(|| NetError::Exhausted(n.name.clone()))?;
+    let mappings = ports::resolve(&m.net.ports, &live)?;
+    let lease = Lease {
+        ip: ip.to_string(),
+        bridge: n.bridge.clone(),
+        network: n.name.clone(),
+        id: m.id.into(),
+        name: m.name.into(),
+        aliases: m.net.aliases.clone(),
+        dir: m.dir.to_path_buf(),
+        veth: format!("vs{}", &m.id[..m.id.len().min(10)]),
+        ports: mappings.clone(),
+    };
+    let lp = lease_path(&lease.ip);
+    std::fs::write(&lp, serde_json::to_vec(&lease).expect("serializable")).map_err(io_err(&lp))?;
+    let attached = Attached {
+        network: n.name.clone(),
+        bridge: n.bridge.clone(),
+        ip: lease.ip.clone(),
+        prefix: len,
+        gateway: n.gateway.clone(),
+        veth: lease.veth.clone(),
+        ports: mappings,
+    };
+    match wire(&attached, m, pid) {
+        Ok(()) => {}
+        Err(e) => {
+            release(&lease);
+            return Err(e);
+        }
+    }
+    let rec = m.dir.join(NET_RECORD);
+    let _ = std::fs::write(
+        &rec,
+        serde_json::to_vec_pretty(&attached).expect("serializable"),
+    );
+    let mut peers = live;
+    peers.push(lease);
+    sync_hosts(&n.bridge, &n.name, &peers);
+    info!(ip = attached.ip, ports = attached.ports.len(), "attached");
+    Ok(Some(attached))
+}
+
+fn wire(a: &Attached, m: &Member<'_>, pid: i32) -> Result<(), NetError> {
+    let peer = format!("vp{}", &m.id[..m.id.len().min(10)]);
+    let pid_s = pid.to_string();
+    if link_exists(&a.veth) {
+        run("ip", &["link", "del", &a.veth])?;
+    }
+    run(
+        "ip",
+        &[
+            "link", "add", &a.veth, "type", "veth", "peer", "name", &peer,
+        ],
+    )?;
+    run("ip", &["link", "set", &a.veth, "master", &a.bridge])?;
+    let _ = run(
+        "ip",
+        &[
+            "link",
+            "set",
+            &a.veth,
+            "type",
+            "bridge_slave",
+            "hairpin",
+            "on",
+        ],
+    );
+    run("ip", &["link", "set", &a.veth, "up"])?;
+    run("ip", &["link", "set", &peer, "netns", &pid_s])?;
+    let inside = |args: &[&str]| -> Result<String, NetError> {
+        let mut v = vec!["-t", pid_s.as_str(), "-n", "ip"];
+        v.extend_from_slice(args);
+        run("nsenter", &v)
+    };
+    inside(&["link", "set", &peer, "name", "eth0"])?;
+    inside(&[
+        "addr",
+        "add",
+        &format!("{}/{}", a.ip, a.prefix),
+        "dev",
+        "eth0",
+    ])?;
+    inside(&["link", "set", "eth0", "up"])?;
+    inside(&["route", "add", "default", "via", &a.gateway])?;
+    ports::add_rules(&a.ip, &a.ports, &format!("{RULE_TAG}{}", short(m.id)))?;
+    Ok(())
+}
+
+/// Undoes [`attach`] (the shim, when the container is gone; or the reconciler, after a
+/// killed shim). Safe to call twice.
+pub fn detach(id: &str, dir: &Path) {
+    let rec = dir.join(NET_RECORD);
+    let Ok(text) = std::fs::read(&rec) else {
+        return;
+    };
+    let _s = info_span!("net_detach", id = short(id)).entered();
+    let Ok(a) = serde_json::from_slice::<Attached>(&text) else {
+        let _ = std::fs::remove_file(&rec);
+        return;
+    };
+    let _l = match lock() {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(error = %e, "network lock");
+            return;
+        }
+    };
+    let lp = lease_path(&a.ip);
+    let lease = std::fs::read(&lp)
+        .ok()
+        .and_then(|t| serde_json::from_slice::<Lease>(&t).ok());
+    match lease {
+        Some(l) if l.id == id => release(&l),
+        _ => {
+            // Not ours any more (reclaimed and reused): only our own tagged rules.
+            let _ = delete_tagged(&format!("{RULE_TAG}{}", short(id)));
+        }
+    }
+    let _ = std::fs::remove_file(&rec);
+    let peers: Vec<Lease> = leases().into_iter().filter(|l| l.id != id).collect();
+    sync_hosts(&a.bridge, &a.network, &peers);
+}
+
+/// The published ports of a running container (its `net.json`).
+pub fn attached(dir: &Path) -> Option<Attached> {
+    let t = std::fs::read(dir.join(NET_RECORD)).ok()?;
+    serde_json::from_slice(&t).ok()
+}
+
+/// Rewrites, in place, `/etc/hosts` of every running member of `n`: itself, and on a user
+/// network every peer by name and alias.
+fn sync_hosts(bridge: &str, network: &str, peers: &[Lease]) {
+    let members: Vec<&Lease> = peers.iter().filter(|l| l.bridge == bridge).collect();
+    for me in &members {
+        let hostname = std::fs::read_to_string(me.dir.join("hostname"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        let mut body = crate::runtime::spec::hosts_file(&hostname)
+            .lines()
+            .filter(|l| !l.starts_with("127.0.1.1"))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>();
+        body.push_str(&format!("{}\t{hostname}\n", me.ip));
+        if network != DEFAULT_NETWORK {
+            for p in &members {
+                let mut names = vec![p.name.clone()];
+                names.extend(p.aliases.iter().cloned());
+                body.push_str(&format!("{}\t{}\n", p.ip, names.join(" ")));
+            }
+        }
+        let path = me.dir.join("hosts");
+        // In place: the file is bind-mounted into the container by inode.
+        let r = File::options()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(body.as_bytes()));
+        if let Err(e) = r {
+            warn!(path = %path.display(), error = %e, "updating /etc/hosts failed");
+        }
+    }
+}
+
+/// Names of the containers (of any root) attached to `n` now.
+pub fn users(n: &Network) -> Vec<String> {
+    let Ok(_l) = lock() else { return vec![] };
+    reclaim()
+        .into_iter()
+        .filter(|l| l.bridge == n.bridge)
+        .map(|l| l.name)
+        .collect()
+}
+
+/// Cleans every stale lease and its rules (any strata command may call it).
+pub fn reconcile() {
+    if Path::new(RUN_DIR).exists()
+        && let Ok(_l) = lock()
+    {
+        reclaim();
+    }
+}
+
+/// Builds the recorded configuration from the options and the image's exposed ports.
+pub fn plan(
+    root: &Path,
+    opts: &NetOptions,
+    exposed: &[String],
+) -> Result<(ContainerNet, Vec<String>), NetError> {
+    let mode = opts
+        .network
+        .clone()
+        .unwrap_or_else(|| DEFAULT_NETWORK.into());
+    let mode = if mode == "default" {
+        DEFAULT_NETWORK.into()
+    } else {
+        mode
+    };
+    let mut warnings = Vec::new();
+    if !matches!(mode.as_str(), "host" | "none" | DEFAULT_NETWORK) {
+        Networks::open(root)?.get(&mode)?;
+    }
+    let mut ports = Vec::new();
+    for p in &opts.publish {
+        ports.extend(ports::parse(p)?);
+    }
+    if opts.publish_all {
+        for e in exposed {
+            ports.extend(ports::parse(e)?);
+        }
+    }
+    for a in &opts.aliases {
+        if !valid_name(a) {
+            return Err(invalid(
+                "network alias",
+                a,
+                "use [a-zA-Z0-9][a-zA-Z0-9_.-]*",
+            ));
+        }
+    }
+    if !ports.is_empty() && !matches!(mode.as_str(), "host" | "none") {
+        // fine
+    } else if !ports.is_empty() {
+        warnings.push(format!(
+            "published ports are discarded when using {mode} network mode"
+        ));
+        ports.clear();
+    }
+    Ok((
+        ContainerNet {
+            mode,
+            ports,
+            aliases: opts.aliases.clone(),
+        },
+        warnings,
+    ))
+}
