@@ -5,6 +5,7 @@
 //! terminal belongs in `image`, `layer` or `fs`.
 
 mod containers;
+mod diff;
 mod images;
 mod mount;
 
@@ -86,6 +87,8 @@ pub enum Command {
     ServeMount(mount::MountArgs),
     #[command(flatten)]
     Containers(Box<containers::ContainerCommand>),
+    #[command(flatten)]
+    Diff(Box<diff::DiffCommand>),
 }
 
 /// Runs the parsed command; `Err` becomes exit code 125 with the message on stderr.
@@ -112,5 +115,6 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::ServeMount(args) => mount::serve(&root, args),
         Command::Umount { mountpoint } => mount::umount(&root, &mountpoint),
         Command::Containers(cmd) => containers::dispatch(&root, *cmd),
+        Command::Diff(cmd) => diff::dispatch(&root, *cmd),
     }
 }

@@ -51,6 +51,11 @@ impl WritableFs {
         }
     }
 
+    /// The view this file system serves (the shim answers `diff` from it).
+    pub fn view(&self) -> Arc<View> {
+        self.view.clone()
+    }
+
     fn fh(&self) -> u64 {
         self.next_fh.fetch_add(1, Ordering::Relaxed)
     }

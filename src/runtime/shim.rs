@@ -393,6 +393,7 @@ fn launch(root: &Path, c: &Container) -> Result<Running, Fail> {
             ));
         }
     }
+    let view = filesystem.view();
     let config = fs::read_write_config("strata", FUSE_THREADS);
     let session = {
         let _s = info_span!("fuse_init").entered();
@@ -407,6 +408,10 @@ fn launch(root: &Path, c: &Container) -> Result<Running, Fail> {
         })
         .map_err(fail_io("starting the rootfs session"))?;
     guard.session = Some(rx);
+    // `strata diff` of the running container asks the live view (only we may open the layer).
+    if let Err(e) = crate::diff::serve::serve(&c.dir, view) {
+        warn!(error = %e, "diff socket");
+    }
     init::send_byte(go_w.as_fd(), b'G').map_err(fail_io("releasing the container's init"))?;
     // With a terminal, the init sends the pty master just before it execs (or fails).
     let master = match &console_parent {

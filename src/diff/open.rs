@@ -1,0 +1,63 @@
+//! Reaching a container's writable view: from its shim while it runs, else by opening the
+//! writable layer ourselves (under the container's lifecycle lock, so no `start` races us).
+
+use std::fs::File;
+use std::sync::Arc;
+
+use tracing::info_span;
+
+use super::{Change, DiffError, serve};
+use crate::fs::view::View;
+use crate::image::ImageStore;
+use crate::runtime::store::RW_DIR;
+use crate::runtime::{Container, Runtime, Status};
+
+/// A stopped container's view; the lifecycle lock is held while this lives.
+pub struct OfflineView {
+    pub container: Container,
+    pub view: Arc<View>,
+    _lock: File,
+}
+
+/// Opens the writable view of a container that is not running.
+pub fn offline(rt: &Runtime, reference: &str) -> Result<OfflineView, DiffError> {
+    let id = rt.containers().resolve(reference)?;
+    let lock = rt.containers().lock(&id)?;
+    let c = rt.get(&id)?;
+    if c.state.status == Status::Running {
+        return Err(DiffError::Running(c.meta.name.clone()));
+    }
+    let _s = info_span!("open_layer", id = c.short_id()).entered();
+    let store = ImageStore::open(rt.root())?;
+    let fs = crate::fs::read_write(store.layers(), &c.meta.layers, &c.dir.join(RW_DIR))?;
+    Ok(OfflineView {
+        view: fs.view(),
+        container: c,
+        _lock: lock,
+    })
+}
+
+/// `docker diff`: the changes of a container, running or not.
+pub fn container_changes(rt: &Runtime, reference: &str) -> Result<Vec<Change>, DiffError> {
+    let _s = info_span!("diff", container = reference).entered();
+    for _ in 0..3 {
+        let c = rt.get(reference)?;
+        if c.state.status == Status::Running {
+            if let Some(changes) = serve::ask(&c.dir)? {
+                return Ok(changes);
+            }
+            // Stopped meanwhile (or just starting): look again.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            continue;
+        }
+        match offline(rt, reference) {
+            Ok(v) => return Ok(v.view.changes()),
+            // Started meanwhile: ask its shim.
+            Err(DiffError::Running(_)) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(DiffError::Shim(format!(
+        "container {reference} kept changing state; try again"
+    )))
+}
