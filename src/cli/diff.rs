@@ -222,7 +222,7 @@ fn commit(root: &Path, a: CommitArgs) -> anyhow::Result<i32> {
     for ch in &a.change {
         apply_change(&mut config, ch)?;
     }
-    let changes = ov.view.changes();
+    let changes = ov.changes();
     let tmpdir = root.join("tmp");
     // `load-<pid>-` leftovers of a dead process are removed by the next ImageStore::open.
     let tmp = tempfile::Builder::new()

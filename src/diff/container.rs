@@ -261,3 +261,48 @@ impl Walk<'_> {
         }
     }
 }
+
+/// Drops what the runtime itself put in the writable layer: mount targets it created because
+/// the image lacked them (`/etc/hosts`, `/etc/hostname`, `/etc/resolv.conf`, volume and tmpfs
+/// targets, …). Docker keeps those in a hidden "init" layer below the container's, so they
+/// are never in `docker diff` or a commit. Directories listed only because they held such a
+/// target go too.
+pub fn without_mount_targets(changes: Vec<Change>, targets: &[Vec<u8>]) -> Vec<Change> {
+    let is_target = |p: &[u8]| {
+        targets.iter().any(|t| {
+            p == t.as_slice() || (p.len() > t.len() && p.starts_with(t) && p[t.len()] == b'/')
+        })
+    };
+    let dropped: Vec<&Change> = changes
+        .iter()
+        .filter(|c| c.kind == ChangeKind::Add && is_target(&c.path))
+        .collect();
+    if dropped.is_empty() {
+        return changes;
+    }
+    let mut emptied: HashSet<Vec<u8>> = HashSet::new();
+    for c in &dropped {
+        let mut p = c.path.as_slice();
+        while let Some(i) = p.iter().rposition(|&b| b == b'/') {
+            p = &p[..i];
+            emptied.insert(p.to_vec());
+        }
+    }
+    let kept: Vec<Change> = changes
+        .iter()
+        .filter(|c| !(c.kind == ChangeKind::Add && is_target(&c.path)))
+        .cloned()
+        .collect();
+    // An ancestor of a dropped target stays only if something else below it changed.
+    let has_child = |dir: &[u8]| {
+        kept.iter().any(|c| {
+            c.path.len() > dir.len() && c.path.starts_with(dir) && c.path[dir.len()] == b'/'
+        })
+    };
+    kept.iter()
+        .filter(|c| {
+            !(c.kind == ChangeKind::Modify && emptied.contains(&c.path) && !has_child(&c.path))
+        })
+        .cloned()
+        .collect()
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tracing::info_span;
 
-use super::{Change, DiffError, serve};
+use super::{Change, DiffError, container, serve};
 use crate::fs::view::View;
 use crate::image::ImageStore;
 use crate::runtime::store::RW_DIR;
@@ -17,6 +17,25 @@ pub struct OfflineView {
     pub container: Container,
     pub view: Arc<View>,
     _lock: File,
+}
+
+impl OfflineView {
+    /// The container's changes, without the mount targets the runtime created.
+    pub fn changes(&self) -> Vec<Change> {
+        user_changes(&self.container, self.view.changes())
+    }
+}
+
+/// `changes` without what the runtime put there (see [`container::without_mount_targets`]).
+pub fn user_changes(c: &Container, changes: Vec<Change>) -> Vec<Change> {
+    let targets: Vec<Vec<u8>> = c
+        .spec
+        .mounts
+        .iter()
+        .map(|m| m.destination.trim_matches('/').as_bytes().to_vec())
+        .filter(|t| !t.is_empty())
+        .collect();
+    container::without_mount_targets(changes, &targets)
 }
 
 /// Opens the writable view of a container that is not running.
@@ -44,14 +63,14 @@ pub fn container_changes(rt: &Runtime, reference: &str) -> Result<Vec<Change>, D
         let c = rt.get(reference)?;
         if c.state.status == Status::Running {
             if let Some(changes) = serve::ask(&c.dir)? {
-                return Ok(changes);
+                return Ok(user_changes(&c, changes));
             }
             // Stopped meanwhile (or just starting): look again.
             std::thread::sleep(std::time::Duration::from_millis(20));
             continue;
         }
         match offline(rt, reference) {
-            Ok(v) => return Ok(v.view.changes()),
+            Ok(v) => return Ok(v.changes()),
             // Started meanwhile: ask its shim.
             Err(DiffError::Running(_)) => continue,
             Err(e) => return Err(e),

@@ -115,6 +115,8 @@ pub fn write<W: Write>(
             h.set_entry_type(tar::EntryType::Regular);
             h.set_size(0);
             h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
             h.set_mtime(0);
             b.append_data(&mut h, show(&p), std::io::empty())
                 .map_err(io(&p))?;
@@ -180,6 +182,8 @@ pub fn write<W: Write>(
                     o.set_entry_type(tar::EntryType::Regular);
                     o.set_size(0);
                     o.set_mode(0o644);
+                    o.set_uid(0);
+                    o.set_gid(0);
                     o.set_mtime(0);
                     let op = join(&c.path, b".wh..wh..opq");
                     b.append_data(&mut o, show(&op), std::io::empty())

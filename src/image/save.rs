@@ -70,6 +70,8 @@ pub fn write_layer_tar(
         h.set_entry_type(tar::EntryType::Regular);
         h.set_size(0);
         h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
         h.set_mtime(0);
         b.append_data(&mut h, show(&path), std::io::empty())
     };
