@@ -61,6 +61,12 @@ impl Read for ViewReader<'_> {
     }
 }
 
+/// A byte path as a `Path` (names need not be UTF-8).
+fn bp(p: &[u8]) -> &std::path::Path {
+    use std::os::unix::ffi::OsStrExt;
+    std::path::Path::new(std::ffi::OsStr::from_bytes(p))
+}
+
 fn show(p: &[u8]) -> String {
     String::from_utf8_lossy(p).into_owned()
 }
@@ -118,7 +124,7 @@ pub fn write<W: Write>(
             h.set_uid(0);
             h.set_gid(0);
             h.set_mtime(0);
-            b.append_data(&mut h, show(&p), std::io::empty())
+            b.append_data(&mut h, bp(&p), std::io::empty())
                 .map_err(io(&p))?;
             stats.entries += 1;
             continue;
@@ -160,7 +166,7 @@ pub fn write<W: Write>(
         {
             h.set_entry_type(tar::EntryType::Link);
             h.set_size(0);
-            b.append_link(&mut h, show(&c.path), show(target))
+            b.append_link(&mut h, bp(&c.path), bp(target))
                 .map_err(io(&c.path))?;
             stats.entries += 1;
             continue;
@@ -175,7 +181,7 @@ pub fn write<W: Write>(
                 h.set_size(0);
                 let mut p = c.path.clone();
                 p.push(b'/');
-                b.append_data(&mut h, show(&p), std::io::empty())
+                b.append_data(&mut h, bp(&p), std::io::empty())
                     .map_err(io(&c.path))?;
                 if c.opaque {
                     let mut o = tar::Header::new_gnu();
@@ -186,7 +192,7 @@ pub fn write<W: Write>(
                     o.set_gid(0);
                     o.set_mtime(0);
                     let op = join(&c.path, b".wh..wh..opq");
-                    b.append_data(&mut o, show(&op), std::io::empty())
+                    b.append_data(&mut o, bp(&op), std::io::empty())
                         .map_err(io(&op))?;
                     stats.entries += 1;
                 }
@@ -201,8 +207,7 @@ pub fn write<W: Write>(
                     size: a.size,
                     path: &c.path,
                 };
-                b.append_data(&mut h, show(&c.path), r)
-                    .map_err(io(&c.path))?;
+                b.append_data(&mut h, bp(&c.path), r).map_err(io(&c.path))?;
                 stats.bytes += a.size;
                 if a.nlink > 1 {
                     first.insert(ino, c.path.clone());
@@ -215,7 +220,7 @@ pub fn write<W: Write>(
                 })?;
                 h.set_entry_type(tar::EntryType::Symlink);
                 h.set_size(0);
-                b.append_link(&mut h, show(&c.path), show(&target))
+                b.append_link(&mut h, bp(&c.path), bp(&target))
                     .map_err(io(&c.path))?;
             }
             FileKind::Fifo | FileKind::CharDev | FileKind::BlockDev => {
@@ -228,7 +233,7 @@ pub fn write<W: Write>(
                 h.set_device_major(major).map_err(io(&c.path))?;
                 h.set_device_minor(minor).map_err(io(&c.path))?;
                 h.set_size(0);
-                b.append_data(&mut h, show(&c.path), std::io::empty())
+                b.append_data(&mut h, bp(&c.path), std::io::empty())
                     .map_err(io(&c.path))?;
             }
             FileKind::Socket => {}

@@ -40,6 +40,12 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
+/// A byte path as a `Path` (names need not be UTF-8).
+fn bp(p: &[u8]) -> &std::path::Path {
+    use std::os::unix::ffi::OsStrExt;
+    std::path::Path::new(std::ffi::OsStr::from_bytes(p))
+}
+
 fn show(p: &[u8]) -> String {
     String::from_utf8_lossy(p).into_owned()
 }
@@ -73,7 +79,7 @@ pub fn write_layer_tar(
         h.set_uid(0);
         h.set_gid(0);
         h.set_mtime(0);
-        b.append_data(&mut h, show(&path), std::io::empty())
+        b.append_data(&mut h, bp(&path), std::io::empty())
     };
     for e in &index.entries {
         let (parent, name) = match e.parent() {
@@ -121,7 +127,7 @@ pub fn write_layer_tar(
             && let Some(target) = first.get(file)
         {
             h.set_entry_type(tar::EntryType::Link);
-            b.append_link(&mut h, show(&e.path), show(target))?;
+            b.append_link(&mut h, bp(&e.path), bp(target))?;
             continue;
         }
         if !pax.is_empty() {
@@ -135,7 +141,7 @@ pub fn write_layer_tar(
                     p.extend_from_slice(b".");
                 }
                 p.push(b'/');
-                b.append_data(&mut h, show(&p), std::io::empty())?;
+                b.append_data(&mut h, bp(&p), std::io::empty())?;
                 if *opaque {
                     empty(&mut b, join(&e.path, b".wh..wh..opq"))?;
                 }
@@ -145,15 +151,15 @@ pub fn write_layer_tar(
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_size(*size);
                 if *size == 0 {
-                    b.append_data(&mut h, show(&e.path), std::io::empty())?;
+                    b.append_data(&mut h, bp(&e.path), std::io::empty())?;
                 } else {
                     let f = File::open(data.join(file.to_string()))?;
-                    b.append_data(&mut h, show(&e.path), std::io::Read::take(f, *size))?;
+                    b.append_data(&mut h, bp(&e.path), std::io::Read::take(f, *size))?;
                 }
             }
             Kind::Symlink { target } => {
                 h.set_entry_type(tar::EntryType::Symlink);
-                b.append_link(&mut h, show(&e.path), show(target))?;
+                b.append_link(&mut h, bp(&e.path), bp(target))?;
             }
             Kind::Fifo | Kind::CharDev { .. } | Kind::BlockDev { .. } => {
                 let (t, major, minor) = match &e.kind {
@@ -164,7 +170,7 @@ pub fn write_layer_tar(
                 h.set_entry_type(t);
                 h.set_device_major(major)?;
                 h.set_device_minor(minor)?;
-                b.append_data(&mut h, show(&e.path), std::io::empty())?;
+                b.append_data(&mut h, bp(&e.path), std::io::empty())?;
             }
             Kind::Socket | Kind::Whiteout => {}
         }
