@@ -266,7 +266,7 @@ impl Walk<'_> {
 /// the image lacked them (`/etc/hosts`, `/etc/hostname`, `/etc/resolv.conf`, volume and tmpfs
 /// targets, …). Docker keeps those in a hidden "init" layer below the container's, so they
 /// are never in `docker diff` or a commit. Directories listed only because they held such a
-/// target go too.
+/// target (changed, or created for it, like `/etc` in an image without one) go too.
 pub fn without_mount_targets(changes: Vec<Change>, targets: &[Vec<u8>]) -> Vec<Change> {
     let is_target = |p: &[u8]| {
         targets.iter().any(|t| {
@@ -301,7 +301,7 @@ pub fn without_mount_targets(changes: Vec<Change>, targets: &[Vec<u8>]) -> Vec<C
     };
     kept.iter()
         .filter(|c| {
-            !(c.kind == ChangeKind::Modify && emptied.contains(&c.path) && !has_child(&c.path))
+            !(c.kind != ChangeKind::Delete && emptied.contains(&c.path) && !has_child(&c.path))
         })
         .cloned()
         .collect()
