@@ -80,6 +80,24 @@ fn diff_of_a_running_and_a_stopped_container_is_the_exact_change_list_and_commit
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(got, EXPECTED, "diff of the running container");
+    // A running container commits too (its shim streams the layer).
+    root.ok(&["commit", "live", "hot:1"]);
+    assert_eq!(
+        root.ok(&[
+            "run",
+            "--rm",
+            "hot:1",
+            "cat",
+            "/new/sub/f",
+            "/www/index.html"
+        ]),
+        "x\nn\n"
+    );
+    assert_eq!(
+        root.code(&["run", "--rm", "hot:1", "test", "-e", "/bin/ls"]),
+        1,
+        "the whiteout of /bin/ls"
+    );
     root.ok(&["stop", "-t", "1", "live"]);
     // Stopped: read from the writable layer itself.
     assert_eq!(

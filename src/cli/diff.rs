@@ -20,7 +20,7 @@ pub enum DiffCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Create a new image from a (stopped) container's changes.
+    /// Create a new image from a container's changes (a running one keeps running).
     Commit(CommitArgs),
     /// Write a container's file system as a tar archive.
     Export {
@@ -213,16 +213,6 @@ fn apply_change(config: &mut ImageConfig, change: &str) -> anyhow::Result<()> {
 fn commit(root: &Path, a: CommitArgs) -> anyhow::Result<i32> {
     let rt = Runtime::open(root)?;
     let store = ImageStore::open(root)?;
-    let ov = diff::open::offline(&rt, &a.container)?;
-    let c = &ov.container;
-    let base = store
-        .resolve(&c.meta.image_id)
-        .with_context(|| format!("the image of container {}", c.meta.name))?;
-    let mut config = store.config(&base)?;
-    for ch in &a.change {
-        apply_change(&mut config, ch)?;
-    }
-    let changes = ov.changes();
     let tmpdir = root.join("tmp");
     // `load-<pid>-` leftovers of a dead process are removed by the next ImageStore::open.
     let tmp = tempfile::Builder::new()
@@ -230,15 +220,18 @@ fn commit(root: &Path, a: CommitArgs) -> anyhow::Result<i32> {
         .suffix(".tar")
         .tempfile_in(&tmpdir)
         .with_context(|| format!("creating a temporary file in {}", tmpdir.display()))?;
-    let (w, stats) = diff::tar::write(&ov.view, &changes, BufWriter::new(tmp.as_file()))?;
+    let mut w = BufWriter::new(tmp.as_file());
+    let c = diff::open::container_tar(&rt, &a.container, false, &mut w)?;
     w.into_inner()
         .map_err(|e| e.into_error())
         .context("writing the layer")?;
-    tracing::info!(
-        entries = stats.entries,
-        bytes = stats.bytes,
-        "layer written"
-    );
+    let base = store
+        .resolve(&c.meta.image_id)
+        .with_context(|| format!("the image of container {}", c.meta.name))?;
+    let mut config = store.config(&base)?;
+    for ch in &a.change {
+        apply_change(&mut config, ch)?;
+    }
     let cmd = c.spec.process.args.join(" ");
     let info = CommitInfo {
         author: a.author.clone(),
@@ -252,21 +245,20 @@ fn commit(root: &Path, a: CommitArgs) -> anyhow::Result<i32> {
 
 fn export(root: &Path, container: &str, output: Option<&Path>) -> anyhow::Result<i32> {
     let rt = Runtime::open(root)?;
-    let ov = diff::open::offline(&rt, container)?;
-    let all = ov.view.everything();
     match output {
         Some(p) => {
             let f =
                 std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?;
-            let (w, _) = diff::tar::write(&ov.view, &all, BufWriter::new(f))?;
+            let mut w = BufWriter::new(f);
+            diff::open::container_tar(&rt, container, true, &mut w)?;
             w.into_inner()
                 .map_err(|e| e.into_error())
                 .and_then(|f| f.sync_all())
                 .with_context(|| format!("writing {}", p.display()))?;
         }
         None => {
-            let (mut w, _) =
-                diff::tar::write(&ov.view, &all, BufWriter::new(std::io::stdout().lock()))?;
+            let mut w = BufWriter::new(std::io::stdout().lock());
+            diff::open::container_tar(&rt, container, true, &mut w)?;
             w.flush()?;
         }
     }

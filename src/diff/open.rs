@@ -26,16 +26,57 @@ impl OfflineView {
     }
 }
 
-/// `changes` without what the runtime put there (see [`container::without_mount_targets`]).
-pub fn user_changes(c: &Container, changes: Vec<Change>) -> Vec<Change> {
-    let targets: Vec<Vec<u8>> = c
-        .spec
+/// The mount targets of a container's spec, as relative paths.
+fn mount_targets(c: &Container) -> Vec<Vec<u8>> {
+    c.spec
         .mounts
         .iter()
         .map(|m| m.destination.trim_matches('/').as_bytes().to_vec())
         .filter(|t| !t.is_empty())
-        .collect();
-    container::without_mount_targets(changes, &targets)
+        .collect()
+}
+
+/// Writes a container's changes (`all`: its whole file system) as a tar to `out`, from its
+/// shim while it runs (files are read one after the other while it keeps running, as
+/// `docker commit --pause=false`), else from its writable layer. Returns the container.
+pub fn container_tar(
+    rt: &Runtime,
+    reference: &str,
+    all: bool,
+    out: &mut impl std::io::Write,
+) -> Result<Container, DiffError> {
+    let _s = info_span!("container_tar", container = reference, all).entered();
+    for _ in 0..3 {
+        let c = rt.get(reference)?;
+        if c.state.status == Status::Running {
+            if serve::ask_tar(&c.dir, all, mount_targets(&c), out)? {
+                return Ok(c);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            continue;
+        }
+        match offline(rt, reference) {
+            Ok(v) => {
+                let changes = if all {
+                    v.view.everything()
+                } else {
+                    v.changes()
+                };
+                super::tar::write(&v.view, &changes, &mut *out)?;
+                return Ok(v.container);
+            }
+            Err(DiffError::Running(_)) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(DiffError::Shim(format!(
+        "container {reference} kept changing state; try again"
+    )))
+}
+
+/// `changes` without what the runtime put there (see [`container::without_mount_targets`]).
+pub fn user_changes(c: &Container, changes: Vec<Change>) -> Vec<Change> {
+    container::without_mount_targets(changes, &mount_targets(c))
 }
 
 /// Opens the writable view of a container that is not running.
