@@ -26,7 +26,7 @@ A /new/sub
 A /new/sub/f
 C /tmp
 A /tmp/ready
-C /www
+D /www
 A /www/index.html
 ";
 

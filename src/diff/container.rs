@@ -9,7 +9,9 @@
 //! Semantics (those of `docker diff`): a path that is new is `A` (and everything below a new
 //! directory is `A` too); a path that existed below and is gone is `D` (only the top of a
 //! deleted subtree); a path whose inode changed (data, metadata, or replaced by another
-//! inode) is `C`; the parent directories of every change are `C`. The root is never listed.
+//! inode) is `C`; the parent directories of every change are `C`. A directory that replaced
+//! what was at its path (`rm -rf d; mkdir d`) is `D` followed by its contents as `A`, as
+//! Docker shows the opaque directory overlayfs makes there. The root is never listed.
 //! Output is in walk order: parents before children, names sorted bytewise.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -219,14 +221,19 @@ impl Walk<'_> {
                 }
             }
             (Some(c), Some(l)) if c != l => {
-                // Another inode took the path: a replaced directory hides the lower one whole.
+                // Another inode took the path. A directory there hides what was below whole:
+                // overlayfs makes it opaque, and Docker lists an opaque directory that
+                // existed below as deleted (`D`), its new contents as added.
                 let dir = self.is_dir(c);
-                let lower_dir = self.lower_node(l).is_some_and(Node::is_dir);
                 out.push(Change {
-                    kind: ChangeKind::Modify,
+                    kind: if dir {
+                        ChangeKind::Delete
+                    } else {
+                        ChangeKind::Modify
+                    },
                     path: path.clone(),
                     ino: Some(c),
-                    opaque: dir && lower_dir,
+                    opaque: dir,
                 });
                 if dir {
                     self.walk(c, None, &path, out);

@@ -43,7 +43,8 @@ pub struct Change {
     pub kind: ChangeKind,
     /// Relative path, `/`-separated, no leading `/`.
     pub path: Vec<u8>,
-    /// The inode now at the path (`None` for deletions).
+    /// The inode now at the path (`None` for deletions; a `Delete` with an inode is a
+    /// directory that replaced the one below, `opaque`).
     pub ino: Option<u64>,
     /// A directory that replaced a lower directory: nothing of the lower one shows through.
     pub opaque: bool,

@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 
 use tracing::info_span;
 
-use super::{Change, ChangeKind, DiffError};
+use super::{Change, DiffError};
 use crate::fs::view::View;
 use crate::rwlayer::FileKind;
 
@@ -129,7 +129,6 @@ pub fn write<W: Write>(
             stats.entries += 1;
             continue;
         };
-        debug_assert!(c.kind != ChangeKind::Delete);
         let a = view.getattr(ino).map_err(|errno| DiffError::Read {
             path: show(&c.path),
             errno,
