@@ -313,3 +313,161 @@ pub fn without_mount_targets(changes: Vec<Change>, targets: &[Vec<u8>]) -> Vec<C
         .cloned()
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::fs::tree::{MergedTree, ROOT_INO};
+    use crate::fs::view::{Caller, SetAttr, View};
+    use crate::layer::{Entry, Kind, LayerIndex};
+    use crate::rwlayer::RwLayer;
+
+    const ME: Caller = Caller { uid: 0, gid: 0 };
+
+    fn entry(path: &str, kind: Kind) -> Entry {
+        Entry {
+            path: path.into(),
+            kind,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            mtime: 1,
+            mtime_nsec: 0,
+            xattrs: vec![],
+        }
+    }
+    fn dir(path: &str) -> Entry {
+        entry(
+            path,
+            Kind::Dir {
+                opaque: false,
+                implicit: false,
+            },
+        )
+    }
+    fn file(path: &str, file: u32) -> Entry {
+        entry(
+            path,
+            Kind::File {
+                size: 0,
+                file,
+                nlink: 1,
+            },
+        )
+    }
+
+    /// `a/{x,y}`, `b/c/deep`, `big/` with 50 files, `f`.
+    fn view(tmp: &std::path::Path) -> View {
+        let mut entries = vec![
+            dir(""),
+            dir("a"),
+            file("a/x", 0),
+            file("a/y", 1),
+            dir("b"),
+            dir("b/c"),
+            file("b/c/deep", 2),
+            file("f", 3),
+            dir("big"),
+        ];
+        for i in 0..50 {
+            entries.push(file(&format!("big/{i:02}"), 10 + i));
+        }
+        let index = LayerIndex { entries, files: 60 };
+        let layer = RwLayer::open(&tmp.join("layer"), "t").unwrap();
+        View::new(MergedTree::build(&[index]), vec![tmp.to_path_buf()], layer).unwrap()
+    }
+
+    fn ino(v: &View, path: &str) -> u64 {
+        path.split('/')
+            .fold(ROOT_INO, |at, n| v.lookup(at, n.as_bytes()).unwrap().ino)
+    }
+
+    fn listing(v: &View) -> Vec<String> {
+        v.changes()
+            .iter()
+            .map(|c| format!("{} {}", c.kind.letter(), c.display_path()))
+            .collect()
+    }
+
+    #[test]
+    fn renames_replacements_metadata_and_links_list_as_docker_does() {
+        let tmp = tempfile::tempdir().unwrap();
+        let v = view(tmp.path());
+        assert!(v.changes().is_empty());
+        // chmod of a lower file deep down: its parents are C.
+        v.setattr(
+            ino(&v, "b/c/deep"),
+            &SetAttr {
+                mode: Some(0o600),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        // A renamed lower directory: D at the old path, A for it and everything below.
+        v.rename(ROOT_INO, b"a", ROOT_INO, b"moved", 0).unwrap();
+        // A file deleted and another made at its path: C.
+        v.unlink(ROOT_INO, b"f").unwrap();
+        v.make(ME, ROOT_INO, b"f", libc::S_IFREG | 0o644, 0, None)
+            .unwrap();
+        // A hard link to a lower file in a big directory: the file is C, the link A.
+        let big = ino(&v, "big");
+        v.link(ino(&v, "big/07"), big, b"link").unwrap();
+        // A directory emptied and made again: D, then its new contents A.
+        let c = ino(&v, "b/c");
+        v.unlink(c, b"deep").unwrap();
+        let b = ino(&v, "b");
+        v.rmdir(b, b"c").unwrap();
+        let nc = v.make(ME, b, b"c", libc::S_IFDIR | 0o755, 0, None).unwrap();
+        v.make(ME, nc.ino, b"new", libc::S_IFREG | 0o644, 0, None)
+            .unwrap();
+        assert_eq!(
+            listing(&v),
+            [
+                "D /a",
+                "C /b",
+                "D /b/c",
+                "A /b/c/new",
+                "C /big",
+                "C /big/07",
+                "A /big/link",
+                "C /f",
+                "A /moved",
+                "A /moved/x",
+                "A /moved/y",
+            ]
+        );
+        let opaque: Vec<bool> = v.changes().iter().map(|c| c.opaque).collect();
+        assert!(opaque[2], "the replaced directory is opaque in a commit");
+        // Export: everything, parents first.
+        let all: Vec<String> = v
+            .everything()
+            .iter()
+            .map(|c| String::from_utf8_lossy(&c.path).into_owned())
+            .take(5)
+            .collect();
+        assert_eq!(all, ["b", "b/c", "b/c/new", "big", "big/00"]);
+    }
+
+    #[test]
+    fn mount_targets_and_the_directories_made_for_them_are_left_out() {
+        use super::{Change, ChangeKind, without_mount_targets};
+        let ch = |kind, p: &str| Change {
+            kind,
+            path: p.into(),
+            ino: Some(1),
+            opaque: false,
+        };
+        let all = vec![
+            ch(ChangeKind::Add, "etc"),
+            ch(ChangeKind::Add, "etc/hosts"),
+            ch(ChangeKind::Modify, "srv"),
+            ch(ChangeKind::Add, "srv/vol"),
+            ch(ChangeKind::Add, "srv/mine"),
+        ];
+        let kept: Vec<String> =
+            without_mount_targets(all, &[b"etc/hosts".to_vec(), b"srv/vol".to_vec()])
+                .iter()
+                .map(|c| c.display_path())
+                .collect();
+        assert_eq!(kept, ["/srv", "/srv/mine"]);
+    }
+}
