@@ -134,7 +134,7 @@ pub fn dispatch(root: &Path, cmd: DiffCommand) -> anyhow::Result<i32> {
 
 fn container_diff(root: &Path, container: &str, json: bool) -> anyhow::Result<i32> {
     let rt = Runtime::open(root)?;
-    let changes = diff::open::container_changes(&rt, container)?;
+    let (changes, layer) = diff::open::container_changes_keep(&rt, container)?;
     let mut out = BufWriter::new(std::io::stdout().lock());
     if json {
         let v: Vec<_> = changes
@@ -149,6 +149,9 @@ fn container_diff(root: &Path, container: &str, json: bool) -> anyhow::Result<i3
         }
     }
     out.flush()?;
+    // The process ends now: freeing a big image's merged tree and shutting sled's threads
+    // down would take longer than the diff (the lock goes with the process).
+    std::mem::forget(layer);
     Ok(0)
 }
 

@@ -7,10 +7,12 @@ use std::sync::Arc;
 use tracing::info_span;
 
 use super::{Change, DiffError, container, serve};
+use crate::fs::MergedTree;
 use crate::fs::view::View;
 use crate::image::ImageStore;
 use crate::runtime::store::RW_DIR;
 use crate::runtime::{Container, Runtime, Status};
+use crate::rwlayer::RwLayer;
 
 /// A stopped container's view; the lifecycle lock is held while this lives.
 pub struct OfflineView {
@@ -89,9 +91,27 @@ pub fn offline(rt: &Runtime, reference: &str) -> Result<OfflineView, DiffError> 
     }
     let _s = info_span!("open_layer", id = c.short_id()).entered();
     let store = ImageStore::open(rt.root())?;
-    let fs = crate::fs::read_write(store.layers(), &c.meta.layers, &c.dir.join(RW_DIR))?;
+    // Opening the database (sled starts its threads, reads its log) and building the merged
+    // tree of the image are independent: do both at once.
+    let rw_dir = c.dir.join(RW_DIR);
+    let chain = crate::fs::chain_id(&c.meta.layers);
+    let opener = std::thread::spawn(move || RwLayer::open(&rw_dir, chain.as_str()));
+    let mut indexes = Vec::with_capacity(c.meta.layers.len());
+    let mut dirs = Vec::with_capacity(c.meta.layers.len());
+    for id in &c.meta.layers {
+        indexes.push(store.layers().index(id)?);
+        dirs.push(store.layers().data_dir(id));
+    }
+    let tree = MergedTree::build(&indexes);
+    // Freeing 100k index entries is not on the way to the answer.
+    std::thread::spawn(move || drop(indexes));
+    let layer = opener
+        .join()
+        .map_err(|_| DiffError::Shim("opening the writable layer panicked".into()))?
+        .map_err(crate::fs::MountError::from)?;
+    let view = View::new(tree, dirs, layer).map_err(crate::fs::MountError::from)?;
     Ok(OfflineView {
-        view: fs.view(),
+        view: Arc::new(view),
         container: c,
         _lock: lock,
     })
@@ -99,19 +119,29 @@ pub fn offline(rt: &Runtime, reference: &str) -> Result<OfflineView, DiffError> 
 
 /// `docker diff`: the changes of a container, running or not.
 pub fn container_changes(rt: &Runtime, reference: &str) -> Result<Vec<Change>, DiffError> {
+    Ok(container_changes_keep(rt, reference)?.0)
+}
+
+/// [`container_changes`], also handing back the opened layer of a stopped container (the
+/// CLI exits without tearing down its merged tree and database, which costs more than the
+/// diff itself on a big image).
+pub fn container_changes_keep(
+    rt: &Runtime,
+    reference: &str,
+) -> Result<(Vec<Change>, Option<OfflineView>), DiffError> {
     let _s = info_span!("diff", container = reference).entered();
     for _ in 0..3 {
         let c = rt.get(reference)?;
         if c.state.status == Status::Running {
             if let Some(changes) = serve::ask(&c.dir)? {
-                return Ok(user_changes(&c, changes));
+                return Ok((user_changes(&c, changes), None));
             }
             // Stopped meanwhile (or just starting): look again.
             std::thread::sleep(std::time::Duration::from_millis(20));
             continue;
         }
         match offline(rt, reference) {
-            Ok(v) => return Ok(v.changes()),
+            Ok(v) => return Ok((v.changes(), Some(v))),
             // Started meanwhile: ask its shim.
             Err(DiffError::Running(_)) => continue,
             Err(e) => return Err(e),
