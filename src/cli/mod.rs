@@ -82,13 +82,14 @@ pub enum Command {
     Mount(mount::MountArgs),
     /// Unmount a strata mount.
     Umount { mountpoint: PathBuf },
+    /// `diff`, `commit`, `export`, `save`, `image …`.
+    #[command(flatten)]
+    Diff(Box<diff::DiffCommand>),
     /// (internal) Serve a detached mount; started by `mount -d`.
     #[command(name = "__serve-mount", hide = true)]
     ServeMount(mount::MountArgs),
     #[command(flatten)]
     Containers(Box<containers::ContainerCommand>),
-    #[command(flatten)]
-    Diff(Box<diff::DiffCommand>),
 }
 
 /// Runs the parsed command; `Err` becomes exit code 125 with the message on stderr.
@@ -111,10 +112,10 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             images::rmi(&root, &images, force)
         }
         Command::Inspect { images } => containers::inspect(&root, &images),
+        Command::Diff(cmd) => diff::dispatch(&root, *cmd),
         Command::Mount(args) => mount::mount(&root, args),
         Command::ServeMount(args) => mount::serve(&root, args),
         Command::Umount { mountpoint } => mount::umount(&root, &mountpoint),
         Command::Containers(cmd) => containers::dispatch(&root, *cmd),
-        Command::Diff(cmd) => diff::dispatch(&root, *cmd),
     }
 }

@@ -384,6 +384,7 @@ fn launch(root: &Path, c: &Container) -> Result<Running, Fail> {
         let store = ImageStore::open(root).map_err(fail_rt)?;
         fs::read_write(store.layers(), &c.meta.layers, &c.dir.join(RW_DIR)).map_err(fail_rt)?
     };
+    let view = filesystem.view();
     match init::recv(&sync_r).map_err(fail_io("waiting for the container's init"))? {
         Msg::Byte(b'M') => {}
         Msg::Fail(f) => return Err(f),
@@ -393,7 +394,6 @@ fn launch(root: &Path, c: &Container) -> Result<Running, Fail> {
             ));
         }
     }
-    let view = filesystem.view();
     let config = fs::read_write_config("strata", FUSE_THREADS);
     let session = {
         let _s = info_span!("fuse_init").entered();
