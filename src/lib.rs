@@ -5,6 +5,7 @@
 //! the merged view served over FUSE; `cli` is the command-line edge.
 
 pub mod cli;
+pub mod diff;
 pub mod digest;
 pub mod fs;
 pub mod image;

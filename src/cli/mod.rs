@@ -5,6 +5,7 @@
 //! terminal belongs in `image`, `layer` or `fs`.
 
 mod containers;
+mod diff;
 mod images;
 mod mount;
 mod network;
@@ -82,6 +83,9 @@ pub enum Command {
     Mount(mount::MountArgs),
     /// Unmount a strata mount.
     Umount { mountpoint: PathBuf },
+    /// `diff`, `commit`, `export`, `save`, `image …`.
+    #[command(flatten)]
+    Diff(Box<diff::DiffCommand>),
     /// (internal) Serve a detached mount; started by `mount -d`.
     #[command(name = "__serve-mount", hide = true)]
     ServeMount(mount::MountArgs),
@@ -118,6 +122,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             images::rmi(&root, &images, force)
         }
         Command::Inspect { images } => containers::inspect(&root, &images),
+        Command::Diff(cmd) => diff::dispatch(&root, *cmd),
         Command::Mount(args) => mount::mount(&root, args),
         Command::ServeMount(args) => mount::serve(&root, args),
         Command::Umount { mountpoint } => mount::umount(&root, &mountpoint),

@@ -63,6 +63,11 @@ impl WritableFs {
     fn fh(&self) -> u64 {
         self.next_fh.fetch_add(1, Ordering::Relaxed)
     }
+
+    /// The view this file system serves (the shim answers `diff` from it).
+    pub fn view(&self) -> Arc<View> {
+        self.view.clone()
+    }
 }
 
 fn e(errno: i32) -> Errno {

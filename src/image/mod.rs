@@ -14,10 +14,12 @@
 //! Whoever else publishes layers (e.g. `commit`) must follow the same rule.
 
 mod archive;
+mod commit;
 mod error;
 mod formats;
 mod progress;
 mod reference;
+pub mod save;
 mod spec;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -27,6 +29,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use commit::CommitInfo;
 pub use error::ImageError;
 pub use reference::Reference;
 pub use spec::{ContainerConfig, History, ImageConfig, RootFs};

@@ -393,6 +393,7 @@ fn launch(root: &Path, c: &Container) -> Result<Running, Fail> {
         let store = ImageStore::open(root).map_err(fail_rt)?;
         fs::read_write(store.layers(), &c.meta.layers, &c.dir.join(RW_DIR)).map_err(fail_rt)?
     };
+    let view = filesystem.view();
     match init::recv(&sync_r).map_err(fail_io("waiting for the container's init"))? {
         Msg::Byte(b'M') => {}
         Msg::Fail(f) => return Err(f),
@@ -426,6 +427,10 @@ fn launch(root: &Path, c: &Container) -> Result<Running, Fail> {
         })
         .map_err(fail_io("starting the rootfs session"))?;
     guard.session = Some(rx);
+    // `strata diff` of the running container asks the live view (only we may open the layer).
+    if let Err(e) = crate::diff::serve::serve(&c.dir, view) {
+        warn!(error = %e, "diff socket");
+    }
     init::send_byte(go_w.as_fd(), b'G').map_err(fail_io("releasing the container's init"))?;
     // With a terminal, the init sends the pty master just before it execs (or fails).
     let master = match &console_parent {

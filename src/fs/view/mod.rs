@@ -380,6 +380,18 @@ impl View {
         self.layer.apply(b).map_err(layer_errno)
     }
 
+    /// What the writable layer changed, as `docker diff` lists it (see `diff::container`).
+    pub fn changes(&self) -> Vec<crate::diff::Change> {
+        let st = self.lock();
+        crate::diff::container::changes(&self.lower, &st.inodes, &st.dirs)
+    }
+
+    /// Every path of the merged tree, parents first (for `export`).
+    pub fn everything(&self) -> Vec<crate::diff::Change> {
+        let st = self.lock();
+        crate::diff::container::everything(&self.lower, &st.inodes, &st.dirs)
+    }
+
     // ---- queries -------------------------------------------------------------------------
 
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Res<Attr> {

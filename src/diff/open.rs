@@ -1,0 +1,153 @@
+//! Reaching a container's writable view: from its shim while it runs, else by opening the
+//! writable layer ourselves (under the container's lifecycle lock, so no `start` races us).
+
+use std::fs::File;
+use std::sync::Arc;
+
+use tracing::info_span;
+
+use super::{Change, DiffError, container, serve};
+use crate::fs::MergedTree;
+use crate::fs::view::View;
+use crate::image::ImageStore;
+use crate::runtime::store::RW_DIR;
+use crate::runtime::{Container, Runtime, Status};
+use crate::rwlayer::RwLayer;
+
+/// A stopped container's view; the lifecycle lock is held while this lives.
+pub struct OfflineView {
+    pub container: Container,
+    pub view: Arc<View>,
+    _lock: File,
+}
+
+impl OfflineView {
+    /// The container's changes, without the mount targets the runtime created.
+    pub fn changes(&self) -> Vec<Change> {
+        user_changes(&self.container, self.view.changes())
+    }
+}
+
+/// The mount targets of a container's spec, as relative paths.
+fn mount_targets(c: &Container) -> Vec<Vec<u8>> {
+    c.spec
+        .mounts
+        .iter()
+        .map(|m| m.destination.trim_matches('/').as_bytes().to_vec())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// Writes a container's changes (`all`: its whole file system) as a tar to `out`, from its
+/// shim while it runs (files are read one after the other while it keeps running, as
+/// `docker commit --pause=false`), else from its writable layer. Returns the container.
+pub fn container_tar(
+    rt: &Runtime,
+    reference: &str,
+    all: bool,
+    out: &mut impl std::io::Write,
+) -> Result<Container, DiffError> {
+    let _s = info_span!("container_tar", container = reference, all).entered();
+    for _ in 0..3 {
+        let c = rt.get(reference)?;
+        if c.state.status == Status::Running {
+            if serve::ask_tar(&c.dir, all, mount_targets(&c), out)? {
+                return Ok(c);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            continue;
+        }
+        match offline(rt, reference) {
+            Ok(v) => {
+                let changes = if all {
+                    v.view.everything()
+                } else {
+                    v.changes()
+                };
+                super::tar::write(&v.view, &changes, &mut *out)?;
+                return Ok(v.container);
+            }
+            Err(DiffError::Running(_)) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(DiffError::Shim(format!(
+        "container {reference} kept changing state; try again"
+    )))
+}
+
+/// `changes` without what the runtime put there (see [`container::without_mount_targets`]).
+pub fn user_changes(c: &Container, changes: Vec<Change>) -> Vec<Change> {
+    container::without_mount_targets(changes, &mount_targets(c))
+}
+
+/// Opens the writable view of a container that is not running.
+pub fn offline(rt: &Runtime, reference: &str) -> Result<OfflineView, DiffError> {
+    let id = rt.containers().resolve(reference)?;
+    let lock = rt.containers().lock(&id)?;
+    let c = rt.get(&id)?;
+    if c.state.status == Status::Running {
+        return Err(DiffError::Running(c.meta.name.clone()));
+    }
+    let _s = info_span!("open_layer", id = c.short_id()).entered();
+    let store = ImageStore::open(rt.root())?;
+    // Opening the database (sled starts its threads, reads its log) and building the merged
+    // tree of the image are independent: do both at once.
+    let rw_dir = c.dir.join(RW_DIR);
+    let chain = crate::fs::chain_id(&c.meta.layers);
+    let opener = std::thread::spawn(move || RwLayer::open(&rw_dir, chain.as_str()));
+    let mut indexes = Vec::with_capacity(c.meta.layers.len());
+    let mut dirs = Vec::with_capacity(c.meta.layers.len());
+    for id in &c.meta.layers {
+        indexes.push(store.layers().index(id)?);
+        dirs.push(store.layers().data_dir(id));
+    }
+    let tree = MergedTree::build(&indexes);
+    // Freeing 100k index entries is not on the way to the answer.
+    std::thread::spawn(move || drop(indexes));
+    let layer = opener
+        .join()
+        .map_err(|_| DiffError::Shim("opening the writable layer panicked".into()))?
+        .map_err(crate::fs::MountError::from)?;
+    let view = View::new(tree, dirs, layer).map_err(crate::fs::MountError::from)?;
+    Ok(OfflineView {
+        view: Arc::new(view),
+        container: c,
+        _lock: lock,
+    })
+}
+
+/// `docker diff`: the changes of a container, running or not.
+pub fn container_changes(rt: &Runtime, reference: &str) -> Result<Vec<Change>, DiffError> {
+    Ok(container_changes_keep(rt, reference)?.0)
+}
+
+/// [`container_changes`], also handing back the opened layer of a stopped container (the
+/// CLI exits without tearing down its merged tree and database, which costs more than the
+/// diff itself on a big image).
+pub fn container_changes_keep(
+    rt: &Runtime,
+    reference: &str,
+) -> Result<(Vec<Change>, Option<OfflineView>), DiffError> {
+    let _s = info_span!("diff", container = reference).entered();
+    for _ in 0..3 {
+        let c = rt.get(reference)?;
+        if c.state.status == Status::Running {
+            if let Some(changes) = serve::ask(&c.dir)? {
+                return Ok((user_changes(&c, changes), None));
+            }
+            // Stopped meanwhile (or just starting): look again.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            continue;
+        }
+        match offline(rt, reference) {
+            Ok(v) => return Ok((v.changes(), Some(v))),
+            // Started meanwhile: ask its shim.
+            Err(DiffError::Running(_)) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(DiffError::Shim(format!(
+        "container {reference} kept changing state; try again"
+    )))
+}
