@@ -70,6 +70,16 @@ pub fn process_alive(pid: i32) -> bool {
     }
 }
 
+/// Restores the default action of SIGPIPE (the Rust runtime ignores it), so a command whose
+/// output pipe closes ends like any Unix tool. Call before any thread exists.
+pub fn default_sigpipe() {
+    // SAFETY: signal(2) with SIG_DFL installs no handler and touches no memory of ours; called
+    // at start-up while the process is single-threaded.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Sends SIGTERM to `pid` (a process strata started).
 pub fn terminate(pid: i32) -> io::Result<()> {
     let pid = rustix::process::Pid::from_raw(pid)

@@ -102,8 +102,24 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The long-running internal processes (mount daemon, container shim).
+    fn is_daemon(&self) -> bool {
+        match self {
+            Command::ServeMount(_) => true,
+            Command::Containers(c) => matches!(**c, containers::ContainerCommand::Shim(_)),
+            _ => false,
+        }
+    }
+}
+
 /// Runs the parsed command; `Err` becomes exit code 125 with the message on stderr.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    if !cli.command.is_daemon() {
+        // `strata images | head` ends quietly, as Unix tools do, instead of panicking on EPIPE.
+        // Not for the daemons: a shim or mount daemon must never die of a closed pipe.
+        crate::sys::default_sigpipe();
+    }
     let root = cli.root;
     match cli.command {
         Command::Load { input, path, quiet } => {
