@@ -647,6 +647,11 @@ pub fn build(opts: &CreateOptions, input: BuildInput<'_>) -> Result<Spec, Runtim
             }
             h.clone()
         }
+        // As Docker: a container on the host's network takes the host's name.
+        None if opts.net.network.as_deref() == Some("host") => rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned(),
         None => super::names::short(input.id).to_string(),
     };
     let mut env = image.config.env.clone();
