@@ -6,7 +6,7 @@
 //! lookup is one binary search in one directory, whatever the number of layers. Knows nothing
 //! about FUSE or about where data files live (it names them by layer and file number).
 
-use std::collections::HashMap;
+use fxhash::FxHashMap;
 
 use crate::layer::{Entry, Kind, LayerIndex};
 
@@ -91,7 +91,7 @@ pub struct MergedTree {
 impl MergedTree {
     /// Merges `layers`, bottom layer first.
     pub fn build(layers: &[LayerIndex]) -> Self {
-        let mut b = Builder::default();
+        let mut b = Builder { nodes: Vec::new() };
         b.nodes.push(BuildNode::root());
         for (i, layer) in layers.iter().enumerate() {
             b.apply(i as u16, layer);
@@ -129,42 +129,46 @@ impl MergedTree {
     }
 }
 
-/// A node while layers are being applied: directories keep a map for cheap edits.
+/// A node while layers are being applied: it borrows its entry and names from the layer
+/// indexes (no copies while merging), and directories keep a map for cheap edits.
 #[derive(Debug)]
-struct BuildNode {
-    entry: Entry,
+struct BuildNode<'a> {
+    entry: &'a Entry,
     layer: u16,
-    children: HashMap<Box<[u8]>, usize>,
+    children: FxHashMap<&'a [u8], usize>,
 }
 
-impl BuildNode {
+/// The root's attributes when no layer has an entry for it.
+static DEFAULT_ROOT: Entry = Entry {
+    path: Vec::new(),
+    kind: Kind::Dir {
+        opaque: false,
+        implicit: true,
+    },
+    mode: 0o755,
+    uid: 0,
+    gid: 0,
+    mtime: 0,
+    mtime_nsec: 0,
+    xattrs: Vec::new(),
+};
+
+impl BuildNode<'_> {
     fn root() -> Self {
         BuildNode {
-            entry: Entry {
-                path: Vec::new(),
-                kind: Kind::Dir {
-                    opaque: false,
-                    implicit: true,
-                },
-                mode: 0o755,
-                uid: 0,
-                gid: 0,
-                mtime: 0,
-                mtime_nsec: 0,
-                xattrs: vec![],
-            },
+            entry: &DEFAULT_ROOT,
             layer: 0,
-            children: HashMap::new(),
+            children: FxHashMap::default(),
         }
     }
 }
 
-#[derive(Debug, Default)]
-struct Builder {
-    nodes: Vec<BuildNode>,
+#[derive(Debug)]
+struct Builder<'a> {
+    nodes: Vec<BuildNode<'a>>,
 }
 
-impl Builder {
+impl<'a> Builder<'a> {
     /// The node at `path`, if any (no symlinks are followed: layers never do).
     fn find(&self, path: &[u8]) -> Option<usize> {
         let mut at = 0usize;
@@ -177,7 +181,7 @@ impl Builder {
         Some(at)
     }
 
-    fn apply(&mut self, layer: u16, index: &LayerIndex) {
+    fn apply(&mut self, layer: u16, index: &'a LayerIndex) {
         // Whiteouts and opaque markers hide what the layers *below* hold, so they are applied
         // before this layer's own entries are added.
         for e in &index.entries {
@@ -198,7 +202,7 @@ impl Builder {
             }
         }
         // Hard links: names sharing a data file share one node.
-        let mut linked: HashMap<u32, usize> = HashMap::new();
+        let mut linked: FxHashMap<u32, usize> = FxHashMap::default();
         for e in &index.entries {
             if e.kind == Kind::Whiteout {
                 continue;
@@ -212,8 +216,8 @@ impl Builder {
             let Some(parent) = self.find(parent_path) else {
                 continue;
             };
-            let name: Box<[u8]> = e.name().into();
-            let existing = self.nodes[parent].children.get(&name).copied();
+            let name = e.name();
+            let existing = self.nodes[parent].children.get(name).copied();
             if let (Kind::Dir { .. }, Some(old)) = (&e.kind, existing)
                 && self.nodes[old].entry.kind.is_dir()
             {
@@ -237,20 +241,20 @@ impl Builder {
 
     /// A directory entry over an existing directory: the upper attributes win (unless the
     /// upper directory is only implied by its children), the contents merge.
-    fn merge_dir(&mut self, at: usize, layer: u16, e: &Entry) {
+    fn merge_dir(&mut self, at: usize, layer: u16, e: &'a Entry) {
         if matches!(e.kind, Kind::Dir { implicit: true, .. }) {
             return;
         }
         let n = &mut self.nodes[at];
-        n.entry = e.clone();
+        n.entry = e;
         n.layer = layer;
     }
 
-    fn push(&mut self, layer: u16, e: &Entry) -> usize {
+    fn push(&mut self, layer: u16, e: &'a Entry) -> usize {
         self.nodes.push(BuildNode {
-            entry: e.clone(),
+            entry: e,
             layer,
-            children: HashMap::new(),
+            children: FxHashMap::default(),
         });
         self.nodes.len() - 1
     }
@@ -264,7 +268,7 @@ impl Builder {
         let mut i = 0;
         while i < order.len() {
             let (at, _) = order[i];
-            let mut kids: Vec<(&Box<[u8]>, &usize)> = self.nodes[at].children.iter().collect();
+            let mut kids: Vec<(&&[u8], &usize)> = self.nodes[at].children.iter().collect();
             kids.sort_unstable_by(|a, b| a.0.cmp(b.0));
             let my_ino = ino_of[at];
             for (_, &child) in kids {
@@ -284,7 +288,7 @@ impl Builder {
                     let mut children: Vec<(Box<[u8]>, u64)> = b
                         .children
                         .iter()
-                        .map(|(n, &c)| (n.clone(), ino_of[c]))
+                        .map(|(n, &c)| (Box::<[u8]>::from(*n), ino_of[c]))
                         .collect();
                     children.sort_unstable_by(|a, b| a.0.cmp(&b.0));
                     let subdirs = b
