@@ -11,7 +11,6 @@ mod common;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -19,86 +18,6 @@ use serde_json::Value;
 
 const IMAGE: &str = "strata-sample:latest";
 const DEADLINE: Duration = Duration::from_secs(30);
-
-#[derive(Debug)]
-struct Out {
-    code: i32,
-    out: String,
-    err: String,
-}
-
-/// Runs strata with a deadline (the CLI is killed by PID when it passes).
-fn strata_io(root: &Path, args: &[&str], stdin: Option<&[u8]>, deadline: Duration) -> Out {
-    let mut child = Command::new(strata_bin())
-        .arg("--root")
-        .arg(root)
-        .args(args)
-        .env("RUST_LOG", "strata=warn")
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn strata");
-    if let (Some(data), Some(mut si)) = (stdin, child.stdin.take()) {
-        let data = data.to_vec();
-        std::thread::spawn(move || {
-            let _ = si.write_all(&data);
-        });
-    }
-    let (tx, rx) = mpsc::channel();
-    for (i, pipe) in [
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let tx = tx.clone();
-        if let Some(mut p) = pipe {
-            std::thread::spawn(move || {
-                let mut s = Vec::new();
-                let _ = p.read_to_end(&mut s);
-                let _ = tx.send((i, String::from_utf8_lossy(&s).into_owned()));
-            });
-        }
-    }
-    let end = Instant::now() + deadline;
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("wait strata") {
-            break st;
-        }
-        if Instant::now() > end {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("strata {args:?} did not finish within {deadline:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let (mut out, mut err) = (String::new(), String::new());
-    for _ in 0..2 {
-        // The shim of an attached run holds the pipes a moment longer.
-        match rx.recv_timeout(Duration::from_secs(10)) {
-            Ok((0, s)) => out = s,
-            Ok((_, s)) => err = s,
-            Err(_) => break,
-        }
-    }
-    Out {
-        code: status.code().unwrap_or(-1),
-        out,
-        err,
-    }
-}
 
 fn st(root: &Path, args: &[&str]) -> Out {
     strata_io(root, args, None, DEADLINE)

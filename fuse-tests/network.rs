@@ -12,8 +12,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -24,73 +23,9 @@ const DEADLINE: Duration = Duration::from_secs(30);
 /// The host's address on the default bridge strata0.
 const GATEWAY: &str = "10.213.0.1";
 
-#[derive(Debug)]
-struct Out {
-    code: i32,
-    out: String,
-    err: String,
-}
-
 /// Runs strata with a deadline (the CLI is killed by PID when it passes).
 fn st(root: &Path, args: &[&str]) -> Out {
-    let mut child = Command::new(strata_bin())
-        .arg("--root")
-        .arg(root)
-        .args(args)
-        .env("RUST_LOG", "strata=warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn strata");
-    let (tx, rx) = mpsc::channel();
-    for (i, pipe) in [
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let tx = tx.clone();
-        if let Some(mut p) = pipe {
-            std::thread::spawn(move || {
-                let mut s = Vec::new();
-                let _ = p.read_to_end(&mut s);
-                let _ = tx.send((i, String::from_utf8_lossy(&s).into_owned()));
-            });
-        }
-    }
-    let end = Instant::now() + DEADLINE;
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("wait strata") {
-            break st;
-        }
-        if Instant::now() > end {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("strata {args:?} did not finish within {DEADLINE:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let (mut out, mut err) = (String::new(), String::new());
-    for _ in 0..2 {
-        match rx.recv_timeout(Duration::from_secs(10)) {
-            Ok((0, s)) => out = s,
-            Ok((_, s)) => err = s,
-            Err(_) => break,
-        }
-    }
-    Out {
-        code: status.code().unwrap_or(-1),
-        out,
-        err,
-    }
+    strata_io(root, args, None, DEADLINE)
 }
 
 /// A state root with the sample image loaded; removes its containers, then its networks.

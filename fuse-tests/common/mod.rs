@@ -5,12 +5,13 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirEntryExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
 
@@ -440,4 +441,85 @@ pub fn extract_overlay_lowers(layers: &[PathBuf], dir: &Path) -> Vec<PathBuf> {
         lowers.push(l);
     }
     lowers
+}
+
+/// Output of a strata run.
+#[derive(Debug)]
+pub struct Out {
+    pub code: i32,
+    pub out: String,
+    pub err: String,
+}
+
+/// Runs strata with a deadline (and optional stdin) (the CLI is killed by PID when it passes).
+pub fn strata_io(root: &Path, args: &[&str], stdin: Option<&[u8]>, deadline: Duration) -> Out {
+    let mut child = Command::new(strata_bin())
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .env("RUST_LOG", "strata=warn")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn strata");
+    if let (Some(data), Some(mut si)) = (stdin, child.stdin.take()) {
+        let data = data.to_vec();
+        std::thread::spawn(move || {
+            let _ = si.write_all(&data);
+        });
+    }
+    let (tx, rx) = mpsc::channel();
+    for (i, pipe) in [
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let tx = tx.clone();
+        if let Some(mut p) = pipe {
+            std::thread::spawn(move || {
+                let mut s = Vec::new();
+                let _ = p.read_to_end(&mut s);
+                let _ = tx.send((i, String::from_utf8_lossy(&s).into_owned()));
+            });
+        }
+    }
+    let end = Instant::now() + deadline;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait strata") {
+            break st;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("strata {args:?} did not finish within {deadline:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let (mut out, mut err) = (String::new(), String::new());
+    for _ in 0..2 {
+        // The shim of an attached run holds the pipes a moment longer.
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok((0, s)) => out = s,
+            Ok((_, s)) => err = s,
+            Err(_) => break,
+        }
+    }
+    Out {
+        code: status.code().unwrap_or(-1),
+        out,
+        err,
+    }
 }
