@@ -14,3 +14,4 @@ pub mod net;
 pub mod runtime;
 pub mod rwlayer;
 pub mod sys;
+pub mod time;

@@ -39,6 +39,17 @@ pub fn try_lock_file(path: &Path) -> io::Result<Option<File>> {
     }
 }
 
+/// Whether another process holds the `flock` on `path` (its holder is alive: a lock dies with
+/// its process). `false` when nobody does, or when it cannot be told (the file's directory is
+/// gone).
+pub fn lock_held(path: &Path) -> bool {
+    match try_lock_file(path) {
+        Ok(Some(_)) => false,
+        Ok(None) => true,
+        Err(_) => false,
+    }
+}
+
 /// Flushes the file system holding `path` to disk.
 pub fn syncfs(path: &Path) -> io::Result<()> {
     let f = File::open(path)?;

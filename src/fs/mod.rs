@@ -4,6 +4,7 @@
 //! mount may go. Must never modify a layer, and never mount where the mount could serve
 //! itself (inside the state root: a FUSE request would then wait on the FUSE daemon).
 
+pub mod changes;
 mod fuse;
 mod rwfuse;
 pub mod tree;

@@ -428,7 +428,7 @@ fn launch(root: &Path, c: &Container) -> Result<Running, Fail> {
         .map_err(fail_io("starting the rootfs session"))?;
     guard.session = Some(rx);
     // `strata diff` of the running container asks the live view (only we may open the layer).
-    if let Err(e) = crate::diff::serve::serve(&c.dir, view) {
+    if let Err(e) = crate::fs::changes::serve::serve(&c.dir, view) {
         warn!(error = %e, "diff socket");
     }
     init::send_byte(go_w.as_fd(), b'G').map_err(fail_io("releasing the container's init"))?;

@@ -1,5 +1,5 @@
-//! Writes a container's changes (`commit`) or its whole file system (`export`) as a tar
-//! stream, reading everything through the writable view (so copied-up chunks and lower data
+//! Writes a writable view's changes (for `commit`) or its whole file system (for `export`)
+//! as a tar stream, reading everything through the view (so copied-up chunks and lower data
 //! come out stitched as the container sees them).
 //!
 //! Layer conventions (OCI image spec): a deleted path is an empty `.wh.NAME` file; a
@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 
 use tracing::info_span;
 
-use super::{Change, DiffError};
+use super::{Change, ChangesError};
 use crate::fs::view::View;
 use crate::rwlayer::FileKind;
 
@@ -100,7 +100,7 @@ pub fn write<W: Write>(
     view: &View,
     changes: &[Change],
     out: W,
-) -> Result<(W, TarStats), DiffError> {
+) -> Result<(W, TarStats), ChangesError> {
     let _s = info_span!("write_tar", changes = changes.len()).entered();
     let mut b = tar::Builder::new(out);
     b.follow_symlinks(false);
@@ -109,7 +109,7 @@ pub fn write<W: Write>(
     let mut first: HashMap<u64, Vec<u8>> = HashMap::new();
     let io = |p: &[u8]| {
         let p = show(p);
-        move |e| DiffError::io(p, e)
+        move |e| ChangesError::io(p, e)
     };
     for c in changes {
         let Some(ino) = c.ino else {
@@ -129,7 +129,7 @@ pub fn write<W: Write>(
             stats.entries += 1;
             continue;
         };
-        let a = view.getattr(ino).map_err(|errno| DiffError::Read {
+        let a = view.getattr(ino).map_err(|errno| ChangesError::Read {
             path: show(&c.path),
             errno,
         })?;
@@ -213,7 +213,7 @@ pub fn write<W: Write>(
                 }
             }
             FileKind::Symlink => {
-                let target = view.readlink(ino).map_err(|errno| DiffError::Read {
+                let target = view.readlink(ino).map_err(|errno| ChangesError::Read {
                     path: show(&c.path),
                     errno,
                 })?;
@@ -239,7 +239,7 @@ pub fn write<W: Write>(
         }
         stats.entries += 1;
     }
-    let out = b.into_inner().map_err(|e| DiffError::io("tar", e))?;
+    let out = b.into_inner().map_err(|e| ChangesError::io("tar", e))?;
     Ok((out, stats))
 }
 
