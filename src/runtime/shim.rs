@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use rustix::fs::{Mode, OFlags};
 use rustix::pipe::{PipeFlags, pipe_with};
-use rustix::process::{Pid, Signal, WaitOptions};
+use rustix::process::{Pid, Signal};
 use rustix::thread::{LinkNameSpaceType, UnshareFlags};
 use tracing::{info, info_span, warn};
 
@@ -213,24 +213,7 @@ fn serve_terminal(master: &OwnedFd, open_stdin: bool, client: Option<&File>) {
 
 /// Waits for the init; its exit code, or 128 + the signal that killed it.
 fn wait_exit(pid: i32) -> i32 {
-    let Some(p) = Pid::from_raw(pid) else {
-        return EXIT_RUNTIME;
-    };
-    loop {
-        match rustix::process::waitpid(Some(p), WaitOptions::empty()) {
-            Ok(Some((_, st))) => {
-                if let Some(code) = st.exit_status() {
-                    return code;
-                }
-                if let Some(sig) = st.terminating_signal() {
-                    return 128 + sig;
-                }
-            }
-            Ok(None) => {}
-            Err(rustix::io::Errno::INTR) => {}
-            Err(_) => return EXIT_RUNTIME,
-        }
-    }
+    sys::wait_exit(pid).unwrap_or(EXIT_RUNTIME)
 }
 
 /// Waits (bounded) for the FUSE session thread: it ends when the kernel aborts the

@@ -53,6 +53,26 @@ pub fn lock_held(path: &Path) -> bool {
     }
 }
 
+/// Waits for the child `pid` to end: its exit code, or 128 + the signal that ended it (as a
+/// shell reports it). `None` when it cannot be waited for (not a child of this process).
+pub fn wait_exit(pid: i32) -> Option<i32> {
+    let p = rustix::process::Pid::from_raw(pid)?;
+    loop {
+        match rustix::process::waitpid(Some(p), rustix::process::WaitOptions::empty()) {
+            Ok(Some((_, st))) => {
+                if let Some(code) = st.exit_status() {
+                    return Some(code);
+                }
+                if let Some(sig) = st.terminating_signal() {
+                    return Some(128 + sig);
+                }
+            }
+            Ok(None) | Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return None,
+        }
+    }
+}
+
 /// Flushes the file system holding `path` to disk.
 pub fn syncfs(path: &Path) -> io::Result<()> {
     let f = File::open(path)?;

@@ -388,58 +388,27 @@ pub fn without_mount_targets(changes: Vec<Change>, targets: &[Vec<u8>]) -> Vec<C
 mod tests {
     use crate::fs::tree::{MergedTree, ROOT_INO};
     use crate::fs::view::{Caller, SetAttr, View};
-    use crate::layer::{Entry, Kind, LayerIndex};
+    use crate::layer::LayerIndex;
+    use crate::layer::fixtures::{dir, file};
     use crate::rwlayer::RwLayer;
 
     const ME: Caller = Caller { uid: 0, gid: 0 };
-
-    fn entry(path: &str, kind: Kind) -> Entry {
-        Entry {
-            path: path.into(),
-            kind,
-            mode: 0o755,
-            uid: 0,
-            gid: 0,
-            mtime: 1,
-            mtime_nsec: 0,
-            xattrs: vec![],
-        }
-    }
-    fn dir(path: &str) -> Entry {
-        entry(
-            path,
-            Kind::Dir {
-                opaque: false,
-                implicit: false,
-            },
-        )
-    }
-    fn file(path: &str, file: u32) -> Entry {
-        entry(
-            path,
-            Kind::File {
-                size: 0,
-                file,
-                nlink: 1,
-            },
-        )
-    }
 
     /// `a/{x,y}`, `b/c/deep`, `big/` with 50 files, `f`.
     fn view(tmp: &std::path::Path) -> View {
         let mut entries = vec![
             dir(""),
             dir("a"),
-            file("a/x", 0),
-            file("a/y", 1),
+            file("a/x", 0, 0),
+            file("a/y", 0, 1),
             dir("b"),
             dir("b/c"),
-            file("b/c/deep", 2),
-            file("f", 3),
+            file("b/c/deep", 0, 2),
+            file("f", 0, 3),
             dir("big"),
         ];
         for i in 0..50 {
-            entries.push(file(&format!("big/{i:02}"), 10 + i));
+            entries.push(file(&format!("big/{i:02}"), 0, 10 + i));
         }
         let index = LayerIndex { entries, files: 60 };
         let layer = RwLayer::open(&tmp.join("layer"), "t").unwrap();

@@ -15,6 +15,7 @@ use tracing::info_span;
 
 use super::{Change, ChangesError};
 use crate::fs::view::View;
+use crate::layer::marker;
 use crate::rwlayer::FileKind;
 
 const READ_CHUNK: u32 = 1 << 20;
@@ -114,18 +115,10 @@ pub fn write<W: Write>(
     for c in changes {
         let Some(ino) = c.ino else {
             let (parent, name) = parent_and_name(&c.path);
-            let mut wh = b".wh.".to_vec();
+            let mut wh = marker::WHITEOUT_PREFIX.to_vec();
             wh.extend_from_slice(name);
             let p = join(parent, &wh);
-            let mut h = tar::Header::new_gnu();
-            h.set_entry_type(tar::EntryType::Regular);
-            h.set_size(0);
-            h.set_mode(0o644);
-            h.set_uid(0);
-            h.set_gid(0);
-            h.set_mtime(0);
-            b.append_data(&mut h, bp(&p), std::io::empty())
-                .map_err(io(&p))?;
+            marker::append(&mut b, bp(&p)).map_err(io(&p))?;
             stats.entries += 1;
             continue;
         };
@@ -183,16 +176,8 @@ pub fn write<W: Write>(
                 b.append_data(&mut h, bp(&p), std::io::empty())
                     .map_err(io(&c.path))?;
                 if c.opaque {
-                    let mut o = tar::Header::new_gnu();
-                    o.set_entry_type(tar::EntryType::Regular);
-                    o.set_size(0);
-                    o.set_mode(0o644);
-                    o.set_uid(0);
-                    o.set_gid(0);
-                    o.set_mtime(0);
-                    let op = join(&c.path, b".wh..wh..opq");
-                    b.append_data(&mut o, bp(&op), std::io::empty())
-                        .map_err(io(&op))?;
+                    let op = join(&c.path, marker::OPAQUE_MARKER);
+                    marker::append(&mut b, bp(&op)).map_err(io(&op))?;
                     stats.entries += 1;
                 }
             }
