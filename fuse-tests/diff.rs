@@ -1,13 +1,11 @@
 //! `diff`, `commit`, `save`/`load`, `export`, `image layers|diff|check` through the binary, on
 //! real containers of the sample image (root).
 
-mod common;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::*;
 use serde_json::Value;
+use strata_testkit::*;
 
 const IMAGE: &str = "strata-sample:latest";
 

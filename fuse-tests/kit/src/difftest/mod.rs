@@ -24,8 +24,7 @@
 //! seed.
 #![allow(dead_code)]
 
-#[path = "harness.rs"]
-pub mod harness;
+pub use crate::harness;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ffi::{CString, OsStr};
