@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use strata_testkit::*;
 
 const IMAGE: &str = "strata-sample:latest";
@@ -25,81 +24,6 @@ fn st_ok(root: &Path, args: &[&str]) -> String {
     let o = st(root, args);
     assert_eq!(o.code, 0, "strata {args:?}: {o:?}");
     o.out
-}
-
-/// A state root with the sample image loaded; removes every container on drop.
-struct Root {
-    dir: tempfile::TempDir,
-}
-
-impl Root {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let img = sample_image();
-        st_ok(dir.path(), &["load", img.join("oci").to_str().unwrap()]);
-        Root { dir }
-    }
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-    fn run(&self, args: &[&str]) -> Out {
-        st(self.path(), args)
-    }
-    fn ok(&self, args: &[&str]) -> String {
-        st_ok(self.path(), args)
-    }
-    fn inspect(&self, c: &str) -> Value {
-        let v: Value = serde_json::from_str(&self.ok(&["inspect", c])).expect("inspect json");
-        v[0].clone()
-    }
-    fn ids(&self) -> Vec<String> {
-        self.ok(&["ps", "-a", "-q", "--no-trunc"])
-            .lines()
-            .map(String::from)
-            .collect()
-    }
-    /// Pids of a running container: (init, shim).
-    fn pids(&self, c: &str) -> (i32, i32) {
-        let v = self.inspect(c);
-        (
-            v["State"]["Pid"].as_i64().unwrap_or(0) as i32,
-            v["ShimPid"].as_i64().unwrap_or(0) as i32,
-        )
-    }
-    /// Lines of the host's mount table that mention this root.
-    fn host_mounts(&self) -> Vec<String> {
-        let root = self.path().to_string_lossy().into_owned();
-        std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains(&root))
-            .map(String::from)
-            .collect()
-    }
-}
-
-impl Drop for Root {
-    fn drop(&mut self) {
-        let mut shims = Vec::new();
-        if let Ok(rd) = std::fs::read_dir(self.path().join("containers")) {
-            for e in rd.flatten() {
-                let state = std::fs::read(e.path().join("state.json")).unwrap_or_default();
-                if let Ok(v) = serde_json::from_slice::<Value>(&state) {
-                    shims.push(v["ShimPid"].as_i64().unwrap_or(0) as i32);
-                }
-            }
-        }
-        let ids = st(self.path(), &["ps", "-a", "-q", "--no-trunc"]).out;
-        for id in ids.lines() {
-            let _ = st(self.path(), &["rm", "-f", "-v", id]);
-        }
-        // Last resort: shims this test started that are somehow still there.
-        for pid in shims {
-            if alive(pid) {
-                let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-            }
-        }
-    }
 }
 
 /// Whether `pid` is a live (non-zombie) process.

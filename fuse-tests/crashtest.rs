@@ -102,7 +102,7 @@ fn content_check_allows_only_what_was_not_fsynced() {
 
 #[test]
 fn journal_replay_rebuilds_the_guaranteed_content() {
-    let data = engine::harness::fill(7, 4);
+    let data = strata_testkit::fill(7, 4);
     let mut after = b"base".to_vec();
     after[1..].copy_from_slice(&data[..3]);
     let sha = |d: &[u8]| {
@@ -149,7 +149,7 @@ fn verification_catches_lost_bytes_torn_renames_and_strays() {
         hex::encode(sha2::Sha256::digest(d))
     };
     let mut after = b"base".to_vec();
-    after[1..].copy_from_slice(&engine::harness::fill(7, 3));
+    after[1..].copy_from_slice(&strata_testkit::fill(7, 3));
     let text = format!(
         "dir crash\n\
          base 0 etc/motd\n\
