@@ -195,20 +195,9 @@ impl Backend for KernelOverlay {
         work.push(".work");
         let work = PathBuf::from(work);
         std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
-        let lowerdir: Vec<String> = self
-            .lowers
-            .iter()
-            .rev()
-            .map(|p| p.display().to_string())
-            .collect();
         let out = Command::new("mount")
             .args(["-t", "overlay", "overlay", "-o"])
-            .arg(format!(
-                "lowerdir={},upperdir={},workdir={},redirect_dir=on,index=on,metacopy=off",
-                lowerdir.join(":"),
-                layer.display(),
-                work.display()
-            ))
+            .arg(crate::overlay::writable_options(&self.lowers, layer, &work))
             .arg(mnt)
             .output()
             .map_err(|e| e.to_string())?;

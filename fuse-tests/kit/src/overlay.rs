@@ -183,6 +183,24 @@ impl OverlayOracle {
     }
 }
 
+/// The options of a writable overlay over `lowers` (bottom first): `redirect_dir=on` (renaming
+/// lower directories works instead of EXDEV), `index=on` (hard links survive copy-up, and an
+/// upper directory is exclusive to one mount), `metacopy=off` (copy-up copies data, as most
+/// distributions configure it).
+pub fn writable_options(lowers: &[PathBuf], upper: &Path, work: &Path) -> String {
+    let lowerdir: Vec<String> = lowers
+        .iter()
+        .rev()
+        .map(|p| p.display().to_string())
+        .collect();
+    format!(
+        "lowerdir={},upperdir={},workdir={},redirect_dir=on,index=on,metacopy=off",
+        lowerdir.join(":"),
+        upper.display(),
+        work.display()
+    )
+}
+
 /// A writable kernel overlayfs mount of `lowers` with its own upper and work directories,
 /// with the options the differential tester needs (`redirect_dir=on` so lower directories
 /// rename without EXDEV, `index=on` so hard links to lower files stay hard links).
@@ -209,18 +227,7 @@ impl Overlay {
     }
 
     pub fn mount(&self) -> anyhow::Result<()> {
-        let lowerdir: Vec<String> = self
-            .lowers
-            .iter()
-            .rev()
-            .map(|p| p.display().to_string())
-            .collect();
-        let opts = format!(
-            "lowerdir={},upperdir={},workdir={},redirect_dir=on,index=on,metacopy=off",
-            lowerdir.join(":"),
-            self.upper.display(),
-            self.work.display()
-        );
+        let opts = writable_options(&self.lowers, &self.upper, &self.work);
         run(Command::new("mount")
             .args(["-t", "overlay", "overlay", "-o", "nodev", "-o"])
             .arg(opts)
