@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
 
+pub mod root;
+#[allow(unused_imports)]
+pub use root::{ContainerRoot, DEADLINE};
+
 /// The strata binary under test.
 pub fn strata_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_strata"))
@@ -453,11 +457,23 @@ pub struct Out {
 
 /// Runs strata with a deadline (and optional stdin) (the CLI is killed by PID when it passes).
 pub fn strata_io(root: &Path, args: &[&str], stdin: Option<&[u8]>, deadline: Duration) -> Out {
+    strata_io_env(root, args, stdin, deadline, &[])
+}
+
+/// [`strata_io`] with extra environment variables (`RUST_LOG` defaults to `strata=warn`).
+pub fn strata_io_env(
+    root: &Path,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+    deadline: Duration,
+    env: &[(&str, &str)],
+) -> Out {
     let mut child = Command::new(strata_bin())
         .arg("--root")
         .arg(root)
         .args(args)
         .env("RUST_LOG", "strata=warn")
+        .envs(env.iter().copied())
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
