@@ -129,9 +129,17 @@ fn open_reading(
     rw_dir: &std::path::Path,
     chain: &str,
 ) -> Result<(RwLayer, Option<tempfile::TempDir>), crate::rwlayer::RwError> {
-    let err = match RwLayer::open(rw_dir, chain) {
-        Ok(l) => return Ok((l, None)),
-        Err(e) => e,
+    // The container is not running, but its shim may still be exiting (it lets go of the
+    // layer when its process ends): wait for it, bounded.
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let err = loop {
+        match RwLayer::open(rw_dir, chain) {
+            Ok(l) => return Ok((l, None)),
+            Err(crate::rwlayer::RwError::InUse { .. }) if std::time::Instant::now() < end => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => break e,
+        }
     };
     let full = rustix::fs::statvfs(rw_dir)
         .map(|v| v.f_bavail.saturating_mul(v.f_frsize) < 1 << 20)
