@@ -1,13 +1,11 @@
 //! The image verbs and `mount`/`umount` through the real `strata` binary, as a user runs them.
 
-mod common;
-
 use std::ffi::OsStr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use strata_testkit::*;
 
 const SAMPLE_ID: &str = "strata-sample:latest";
 

@@ -6,15 +6,13 @@
 //! A container's processes become zombies of PID 1 once their shim is gone; on hosts whose
 //! PID 1 does not reap orphans (some VMs' init), a zombie counts as gone.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
 use serde_json::Value;
+use strata_testkit::*;
 
 const IMAGE: &str = "strata-sample:latest";
 const DEADLINE: Duration = Duration::from_secs(30);

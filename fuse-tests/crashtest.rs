@@ -3,15 +3,12 @@
 //! checks the engine itself: its journal replay and checks, and a run against kernel
 //! overlayfs (where the "crash" kills the workload and detaches the mount without sync).
 
-mod common;
-#[path = "../tools/crashtest/engine.rs"]
-mod engine;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
 use engine::{ChildArgs, Ranges};
+use strata_testkit::crashtest as engine;
+use strata_testkit::*;
 
 const CHILD_ENV: &str = "STRATA_CRASHTEST_CHILD";
 

@@ -3,13 +3,10 @@
 //! results and the same trees. Also checks the engine itself (both sides kernel overlayfs;
 //! a deliberately broken side B must be caught and shrunk).
 
-mod common;
-#[path = "../tools/difftest/engine.rs"]
-mod engine;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use strata_testkit::difftest as engine;
+use strata_testkit::*;
 
 /// Runs `seeds` × `ops`; panics with the seed and the minimal failing sequence on a
 /// mismatch. Returns the operations that ran clean.

@@ -7,16 +7,14 @@
 //! every wait is bounded; each test root removes its containers and networks on drop, even
 //! when the test fails. Host ports are distinct per test (tests run in parallel).
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
 use serde_json::Value;
+use strata_testkit::*;
 
 const IMAGE: &str = "strata-sample:latest";
 const DEADLINE: Duration = Duration::from_secs(30);

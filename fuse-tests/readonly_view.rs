@@ -2,15 +2,13 @@
 //! over the same layer tars: every name, type, mode, owner, size, mtime, content, link target,
 //! device number, xattr, nlink and hard-link group must be the same.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use common::*;
 use strata::fs::OpenMode;
 use strata::layer::LayerStore;
+use strata_testkit::*;
 
 /// Directories a layer tar only implies (it has entries below them but none for them). GNU tar
 /// creates those with the extraction time and default owner, so overlayfs shows arbitrary

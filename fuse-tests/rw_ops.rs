@@ -8,9 +8,6 @@
 //! asserts the better behaviour and the kernel variant asserts what the kernel does, with a
 //! comment that says so. Kernel overlayfs is mounted with `redirect_dir=on,index=on,metacopy=off`.
 
-mod common;
-mod rw_support;
-
 use std::collections::BTreeSet;
 use std::ffi::{CString, OsStr};
 use std::fs::{File, OpenOptions};
@@ -27,8 +24,8 @@ use libc::{
 };
 use rustix::fs::{AtFlags, CWD, FallocateFlags, Mode, OFlags as O, RenameFlags, XattrFlags};
 
-use common::{MountGuard, Snapshot, assert_same_tree, is_mounted};
-use rw_support::*;
+use strata_testkit::backend::*;
+use strata_testkit::common::{MountGuard, Snapshot, assert_same_tree, is_mounted};
 
 /// Generates `kernel_<name>` and `strata_<name>` for each scenario `name(b: &dyn Backend)`.
 macro_rules! scenarios {

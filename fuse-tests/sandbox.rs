@@ -7,15 +7,13 @@
 //! bind-mounted into the container (the sample image has only busybox). Every loop device,
 //! mount, container and network a test makes is removed by a guard, even when it fails.
 
-mod common;
-
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
 use sha2::{Digest as _, Sha256};
+use strata_testkit::*;
 
 const IMAGE: &str = "strata-sample:latest";
 

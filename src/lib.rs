@@ -1,10 +1,25 @@
-//! strata: containers on a userspace layered file system.
+//! strata: containers on a userspace layered file system. The `strata` binary (`src/main.rs`
+//! and its command-line edge, `src/cli/`) is built on this library; the library has no CLI
+//! and no `anyhow`: every module's errors are its own `thiserror` enum.
 //!
-//! The modules follow `DESIGN.md`: `digest` and `sys` are leaf utilities; `layer` owns the
-//! content-addressed layer store; `image` owns image records and the archive formats; `fs` is
-//! the merged view served over FUSE; `cli` is the command-line edge.
+//! Modules, bottom to top; an import only ever points down this list (the test
+//! `fuse-tests/layering.rs` keeps it so):
+//! - leaves: `sys` (thin safe wrappers over system calls; the only module with `unsafe`),
+//!   `digest` (sha256 digests), `time` (RFC 3339 timestamps);
+//! - `layer` (the content-addressed store of extracted, indexed read-only layers) and
+//!   `rwlayer` (a container's writable layer in sled);
+//! - `image` (image records, tags, the OCI/Docker archive formats) and `fs` (the merged view
+//!   of layers served over FUSE, read-only or writable, and the change set of a writable
+//!   view);
+//! - `net` (bridges, veth pairs, addresses, published ports, `/etc/hosts`);
+//! - `runtime` (containers: records, the shim, namespaces, mounts, exec, logs);
+//! - `diff` (a container's changes, commit and export; per-layer and image-to-image reports).
+//!
+//! The design these follow is the team's design document (outside this repository); the
+//! README describes what is built.
 
-pub mod cli;
+#![deny(unsafe_code)]
+
 pub mod diff;
 pub mod digest;
 pub mod fs;
@@ -15,3 +30,4 @@ pub mod net;
 pub mod runtime;
 pub mod rwlayer;
 pub mod sys;
+pub mod time;

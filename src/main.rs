@@ -1,4 +1,12 @@
-//! The `strata` binary: logging set-up and the exit code; everything else is in `strata::cli`.
+//! The `strata` binary: logging set-up, the exit code, and the command-line edge (`cli`, the
+//! only place that uses `anyhow`). Everything a library user needs is in the `strata` library.
+
+#![forbid(unsafe_code)]
+
+mod cli;
+
+// The library's modules at the binary's root, so the CLI names them as `crate::image`, ….
+use strata::{diff, digest, fs, image, net, runtime, sys};
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
@@ -12,12 +20,12 @@ fn main() {
         .with_span_events(FmtSpan::CLOSE)
         .with_writer(|| strata::logsink::LossyStderr)
         .init();
-    let cli = strata::cli::Cli::parse();
-    let code = match strata::cli::run(cli) {
+    let cli = cli::Cli::parse();
+    let code = match cli::run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("strata: {e:#}");
-            strata::cli::EXIT_TOOL_ERROR
+            cli::EXIT_TOOL_ERROR
         }
     };
     std::process::exit(code);

@@ -1,8 +1,10 @@
 //! The command-line edge: parses Docker-style verbs, calls the library, prints results.
 //!
-//! Owns argument syntax, output formats and exit codes (125 for strata's own errors, as
-//! Docker). Holds no logic that a library user would need: anything worth testing without a
-//! terminal belongs in `image`, `layer` or `fs`.
+//! Part of the `strata` binary, not of the library (the library's modules are brought to the
+//! binary's root by `main.rs`, so `crate::image` here is `strata::image`). Owns argument
+//! syntax, output formats, exit codes (125 for strata's own errors, as Docker) and `anyhow`.
+//! Holds no logic that a library user would need: anything worth testing without a terminal
+//! belongs in the library (`image`, `fs`, `runtime`, `net`, `diff`, …).
 
 mod containers;
 mod diff;

@@ -326,39 +326,7 @@ pub fn analyze(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layer::Entry;
-
-    fn e(path: &str, kind: Kind) -> Entry {
-        Entry {
-            path: path.as_bytes().to_vec(),
-            kind,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            mtime: 0,
-            mtime_nsec: 0,
-            xattrs: vec![],
-        }
-    }
-    fn dir(path: &str) -> Entry {
-        e(
-            path,
-            Kind::Dir {
-                opaque: false,
-                implicit: false,
-            },
-        )
-    }
-    fn file(path: &str, size: u64, file: u32) -> Entry {
-        e(
-            path,
-            Kind::File {
-                size,
-                file,
-                nlink: 1,
-            },
-        )
-    }
+    use crate::layer::fixtures::{dir, entry as e, file};
 
     #[test]
     fn overwrites_and_deletes_are_wasted_as_dive_counts_them() {

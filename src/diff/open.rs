@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use tracing::info_span;
 
-use super::{Change, DiffError, container, serve};
+use super::{Change, DiffError};
 use crate::fs::MergedTree;
+use crate::fs::changes::{self, serve};
 use crate::fs::view::View;
 use crate::image::ImageStore;
 use crate::runtime::store::RW_DIR;
@@ -66,7 +67,7 @@ pub fn container_tar(
                 } else {
                     v.changes()
                 };
-                super::tar::write(&v.view, &changes, &mut *out)?;
+                changes::tar::write(&v.view, &changes, &mut *out)?;
                 return Ok(v.container);
             }
             Err(DiffError::Running(_)) => continue,
@@ -78,9 +79,9 @@ pub fn container_tar(
     )))
 }
 
-/// `changes` without what the runtime put there (see [`container::without_mount_targets`]).
+/// `changes` without what the runtime put there (see [`changes::without_mount_targets`]).
 pub fn user_changes(c: &Container, changes: Vec<Change>) -> Vec<Change> {
-    container::without_mount_targets(changes, &mount_targets(c))
+    changes::without_mount_targets(changes, &mount_targets(c))
 }
 
 /// Opens the writable view of a container that is not running.

@@ -1,9 +1,13 @@
 //! The merged view of an image's layers, served over FUSE.
 //!
-//! Owns the overlay semantics (`tree`), the FUSE adapter (`fuse`) and the rules for where a
-//! mount may go. Must never modify a layer, and never mount where the mount could serve
-//! itself (inside the state root: a FUSE request would then wait on the FUSE daemon).
+//! Owns the overlay semantics (`tree`), the read-only FUSE adapter (`fuse`), the writable
+//! view over one writable layer (`view`) and its FUSE adapter (`rwfuse`), the change set of
+//! a writable view (`changes`: Docker's A/C/D, as a layer tar, served to other processes),
+//! and the rules for where a mount may go. Must never modify a read-only layer, never mount
+//! where the mount could serve itself (inside the state root: a FUSE request would then wait
+//! on the FUSE daemon), and knows nothing of images' records or of containers.
 
+pub mod changes;
 mod fuse;
 mod rwfuse;
 pub mod tree;

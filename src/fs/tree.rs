@@ -139,19 +139,7 @@ struct BuildNode<'a> {
 }
 
 /// The root's attributes when no layer has an entry for it.
-static DEFAULT_ROOT: Entry = Entry {
-    path: Vec::new(),
-    kind: Kind::Dir {
-        opaque: false,
-        implicit: true,
-    },
-    mode: 0o755,
-    uid: 0,
-    gid: 0,
-    mtime: 0,
-    mtime_nsec: 0,
-    xattrs: Vec::new(),
-};
+static DEFAULT_ROOT: Entry = Entry::implicit_dir(Vec::new());
 
 impl BuildNode<'_> {
     fn root() -> Self {
@@ -367,38 +355,8 @@ fn encode_dev(major: u32, minor: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layer::fixtures::{dir, entry, file};
 
-    fn entry(path: &str, kind: Kind) -> Entry {
-        Entry {
-            path: path.as_bytes().to_vec(),
-            kind,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            mtime: 1,
-            mtime_nsec: 0,
-            xattrs: vec![],
-        }
-    }
-    fn dir(path: &str) -> Entry {
-        entry(
-            path,
-            Kind::Dir {
-                opaque: false,
-                implicit: false,
-            },
-        )
-    }
-    fn file(path: &str, file: u32) -> Entry {
-        entry(
-            path,
-            Kind::File {
-                size: 1,
-                file,
-                nlink: 1,
-            },
-        )
-    }
     fn layer(entries: Vec<Entry>) -> LayerIndex {
         LayerIndex { entries, files: 10 }
     }
@@ -418,13 +376,13 @@ mod tests {
         let l0 = layer(vec![
             dir(""),
             dir("a"),
-            file("a/x", 0),
-            file("a/y", 1),
+            file("a/x", 1, 0),
+            file("a/y", 1, 1),
             dir("o"),
-            file("o/old", 2),
-            file("f", 3),
+            file("o/old", 1, 2),
+            file("f", 1, 3),
             dir("d"),
-            file("d/inner", 4),
+            file("d/inner", 1, 4),
         ]);
         let mut opaque = dir("o");
         opaque.kind = Kind::Dir {
@@ -434,10 +392,10 @@ mod tests {
         let l1 = layer(vec![
             entry("a/x", Kind::Whiteout),
             opaque,
-            file("o/new", 0),
+            file("o/new", 1, 0),
             dir("f"),
-            file("f/child", 1),
-            file("d", 2),
+            file("f/child", 1, 1),
+            file("d", 1, 2),
         ]);
         let t = MergedTree::build(&[l0, l1]);
         assert_eq!(names(&t, ""), ["a", "d", "f", "o"]);
@@ -452,7 +410,7 @@ mod tests {
 
     #[test]
     fn hard_links_share_an_inode_and_numbers_are_stable() {
-        let mut a = file("a", 7);
+        let mut a = file("a", 1, 7);
         a.kind = Kind::File {
             size: 1,
             file: 7,
@@ -477,7 +435,10 @@ mod tests {
             opaque: false,
             implicit: true,
         };
-        let t = MergedTree::build(&[layer(vec![lower]), layer(vec![implicit, file("etc/x", 0)])]);
+        let t = MergedTree::build(&[
+            layer(vec![lower]),
+            layer(vec![implicit, file("etc/x", 1, 0)]),
+        ]);
         let etc = t.get(t.resolve(b"etc").unwrap()).unwrap();
         assert_eq!(etc.perm, 0o700);
         assert_eq!(names(&t, "etc"), ["x"]);

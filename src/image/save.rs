@@ -19,7 +19,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::{ImageError, ImageRecord, ImageStore, spec};
 use crate::digest::Digest;
-use crate::layer::{Kind, LayerIndex};
+use crate::layer::{Kind, LayerIndex, marker};
 
 /// A writer that hashes what passes through.
 struct Hashing<W> {
@@ -71,16 +71,7 @@ pub fn write_layer_tar(
         n: 0,
     });
     let mut first: HashMap<u32, Vec<u8>> = HashMap::new();
-    let empty = |b: &mut tar::Builder<_>, path: Vec<u8>| -> std::io::Result<()> {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_size(0);
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        b.append_data(&mut h, bp(&path), std::io::empty())
-    };
+    let empty = |b: &mut tar::Builder<_>, path: Vec<u8>| marker::append(b, bp(&path));
     for e in &index.entries {
         let (parent, name) = match e.parent() {
             Some(p) => (p, e.name()),
@@ -88,7 +79,7 @@ pub fn write_layer_tar(
         };
         match &e.kind {
             Kind::Whiteout => {
-                let mut wh = b".wh.".to_vec();
+                let mut wh = marker::WHITEOUT_PREFIX.to_vec();
                 wh.extend_from_slice(name);
                 empty(&mut b, join(parent, &wh))?;
                 continue;
@@ -98,7 +89,7 @@ pub fn write_layer_tar(
                 opaque,
             } => {
                 if *opaque {
-                    empty(&mut b, join(&e.path, b".wh..wh..opq"))?;
+                    empty(&mut b, join(&e.path, marker::OPAQUE_MARKER))?;
                 }
                 continue;
             }
@@ -143,7 +134,7 @@ pub fn write_layer_tar(
                 p.push(b'/');
                 b.append_data(&mut h, bp(&p), std::io::empty())?;
                 if *opaque {
-                    empty(&mut b, join(&e.path, b".wh..wh..opq"))?;
+                    empty(&mut b, join(&e.path, marker::OPAQUE_MARKER))?;
                 }
             }
             Kind::File { size, file, .. } => {

@@ -12,6 +12,7 @@ use std::path::Path;
 
 use super::LayerError;
 use super::index::{Entry, Kind, LayerIndex};
+use super::marker::{OPAQUE_MARKER, WHITEOUT_PREFIX};
 
 /// Largest regular file a layer may hold (the header's size field can claim up to 2^95).
 const MAX_FILE_SIZE: u64 = 1 << 40;
@@ -24,8 +25,6 @@ const MAX_NAME: usize = 255;
 const MAX_PATH: usize = 4000;
 /// Largest total xattr payload on one entry (the kernel's XATTR_SIZE_MAX).
 const MAX_XATTR: usize = 64 * 1024;
-const WHITEOUT_PREFIX: &[u8] = b".wh.";
-const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 
 /// Reads a whole uncompressed tar stream and extracts it into `dir` (which must exist and be
 /// empty): regular-file data to `dir/data/<n>`, the index to the returned value.
@@ -290,19 +289,7 @@ impl Builder<'_> {
         if !path.is_empty() {
             self.ensure_dir(parent_of(path), raw)?;
         }
-        let e = Entry {
-            path: path.to_vec(),
-            kind: Kind::Dir {
-                opaque: false,
-                implicit: true,
-            },
-            mode: 0o755,
-            uid: 0,
-            gid: 0,
-            mtime: 0,
-            mtime_nsec: 0,
-            xattrs: vec![],
-        };
+        let e = Entry::implicit_dir(path.to_vec());
         self.by_path
             .insert(e.path.clone(), self.index.entries.len());
         self.index.entries.push(e);

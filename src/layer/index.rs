@@ -86,6 +86,24 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// A directory no entry of the layer describes, only implied by a path below it (or the
+    /// root when no layer has one): `0755`, root-owned, mtime 0, no xattrs.
+    pub const fn implicit_dir(path: Vec<u8>) -> Entry {
+        Entry {
+            path,
+            kind: Kind::Dir {
+                opaque: false,
+                implicit: true,
+            },
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            mtime_nsec: 0,
+            xattrs: Vec::new(),
+        }
+    }
+
     /// The last component of the path (empty for the root).
     pub fn name(&self) -> &[u8] {
         match self.path.iter().rposition(|&b| b == b'/') {

@@ -7,7 +7,10 @@
 //! This module knows nothing about images, manifests or mounts.
 
 mod extract;
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod index;
+pub mod marker;
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};

@@ -19,6 +19,7 @@
 //! - Names: on a user network, each running member's `/etc/hosts` (a bind-mounted file of its
 //!   state directory) is rewritten in place as peers start and stop.
 
+mod hosts;
 pub mod ports;
 
 use std::collections::BTreeMap;
@@ -31,6 +32,7 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 use tracing::{info, info_span, warn};
 
+pub use hosts::hosts_file;
 pub use ports::PortSpec;
 
 /// Host-wide network state (leases, lock); tmpfs, so a reboot frees every lease.
@@ -43,6 +45,9 @@ pub const DEFAULT_SUBNET: &str = "10.213.0.0/24";
 const RULE_TAG: &str = "strata:";
 /// The container's network record in its state directory.
 pub const NET_RECORD: &str = "net.json";
+/// The lock file in a member's directory that its process (the container's shim) holds for
+/// as long as it lives: a lease whose lock nobody holds is stale.
+pub const MEMBER_LOCK: &str = "shim.lock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -316,7 +321,7 @@ impl Networks {
             bridge,
             subnet: format!("{}/{}", subnet.0, subnet.1),
             gateway: gateway.to_string(),
-            created: crate::runtime::time::now(),
+            created: crate::time::now(),
         };
         ensure_bridge(&n)?;
         let p = self.dir.join(format!("{name}.json"));
@@ -619,7 +624,7 @@ pub struct Lease {
 
 impl Lease {
     fn live(&self) -> bool {
-        crate::runtime::store::shim_alive(&self.dir)
+        crate::sys::lock_held(&self.dir.join(MEMBER_LOCK))
     }
 }
 
@@ -645,12 +650,7 @@ fn leases() -> Vec<Lease> {
 
 /// Frees a lease: its rules, its veth (gone with the namespace anyway), the address.
 fn release(l: &Lease) {
-    let _s = info_span!(
-        "release",
-        ip = l.ip,
-        id = crate::runtime::names::short(&l.id)
-    )
-    .entered();
+    let _s = info_span!("release", ip = l.ip, id = short(&l.id)).entered();
     if let Err(e) = delete_tagged(&format!("{RULE_TAG}{}", short(&l.id))) {
         warn!(error = %e, "removing the container's iptables rules failed");
     }
@@ -879,7 +879,7 @@ fn sync_hosts(bridge: &str, network: &str, peers: &[Lease]) {
         let hostname = std::fs::read_to_string(me.dir.join("hostname"))
             .map(|s| s.trim().to_string())
             .unwrap_or_default();
-        let mut body = crate::runtime::spec::hosts_file(&hostname)
+        let mut body = hosts_file(&hostname)
             .lines()
             .filter(|l| !l.starts_with("127.0.1.1"))
             .map(|l| format!("{l}\n"))

@@ -8,7 +8,6 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use rustix::fs::{Mode, OFlags};
 use rustix::pipe::{PipeFlags, pipe_with};
-use rustix::process::{Pid, WaitOptions};
 use rustix::thread::LinkNameSpaceType;
 use tracing::info_span;
 
@@ -268,21 +267,5 @@ fn enter_and_exec(
 }
 
 fn wait(pid: i32) -> i32 {
-    let Some(p) = Pid::from_raw(pid) else {
-        return EXIT_RUNTIME;
-    };
-    loop {
-        match rustix::process::waitpid(Some(p), WaitOptions::empty()) {
-            Ok(Some((_, st))) => {
-                if let Some(code) = st.exit_status() {
-                    return code;
-                }
-                if let Some(sig) = st.terminating_signal() {
-                    return 128 + sig;
-                }
-            }
-            Ok(None) | Err(rustix::io::Errno::INTR) => {}
-            Err(_) => return EXIT_RUNTIME,
-        }
-    }
+    crate::sys::wait_exit(pid).unwrap_or(EXIT_RUNTIME)
 }

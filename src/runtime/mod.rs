@@ -22,10 +22,12 @@ pub mod seccomp;
 pub mod shim;
 pub mod spec;
 pub mod store;
-pub mod time;
 pub mod tty;
 pub mod user;
 pub mod volumes;
+
+/// Timestamps live in the leaf module `crate::time` (net needs them too).
+pub use crate::time;
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader};
@@ -363,7 +365,10 @@ impl Runtime {
             let mut spec = spec;
             let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
             let (hosts, resolv) = if net.own_namespace() {
-                (spec::hosts_file(&spec.hostname), spec::resolv_conf(&resolv))
+                (
+                    crate::net::hosts_file(&spec.hostname),
+                    spec::resolv_conf(&resolv),
+                )
             } else {
                 spec.linux.namespaces.retain(|n| n.kind != "network");
                 let h = std::fs::read_to_string("/etc/hosts").unwrap_or_default();

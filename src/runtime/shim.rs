@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use rustix::fs::{Mode, OFlags};
 use rustix::pipe::{PipeFlags, pipe_with};
-use rustix::process::{Pid, Signal, WaitOptions};
+use rustix::process::{Pid, Signal};
 use rustix::thread::{LinkNameSpaceType, UnshareFlags};
 use tracing::{info, info_span, warn};
 
@@ -220,24 +220,7 @@ fn serve_terminal(master: &OwnedFd, open_stdin: bool, client: Option<&File>) {
 
 /// Waits for the init; its exit code, or 128 + the signal that killed it.
 fn wait_exit(pid: i32) -> i32 {
-    let Some(p) = Pid::from_raw(pid) else {
-        return EXIT_RUNTIME;
-    };
-    loop {
-        match rustix::process::waitpid(Some(p), WaitOptions::empty()) {
-            Ok(Some((_, st))) => {
-                if let Some(code) = st.exit_status() {
-                    return code;
-                }
-                if let Some(sig) = st.terminating_signal() {
-                    return 128 + sig;
-                }
-            }
-            Ok(None) => {}
-            Err(rustix::io::Errno::INTR) => {}
-            Err(_) => return EXIT_RUNTIME,
-        }
-    }
+    sys::wait_exit(pid).unwrap_or(EXIT_RUNTIME)
 }
 
 /// Waits (bounded) for the FUSE session thread: it ends when the kernel aborts the
@@ -438,7 +421,7 @@ fn launch(root: &Path, c: &Container) -> Result<Running, Fail> {
         .map_err(fail_io("starting the rootfs session"))?;
     guard.session = Some(rx);
     // `strata diff` of the running container asks the live view (only we may open the layer).
-    if let Err(e) = crate::diff::serve::serve(&c.dir, view) {
+    if let Err(e) = crate::fs::changes::serve::serve(&c.dir, view) {
         warn!(error = %e, "diff socket");
     }
     init::send_byte(go_w.as_fd(), b'G').map_err(fail_io("releasing the container's init"))?;

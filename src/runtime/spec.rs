@@ -604,15 +604,6 @@ pub fn user_field(u: Option<&str>) -> Result<User, RuntimeError> {
     })
 }
 
-/// The generated files of a container: `/etc/hosts`.
-pub fn hosts_file(hostname: &str) -> String {
-    format!(
-        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
-         fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\n\
-         ff02::2\tip6-allrouters\n127.0.1.1\t{hostname}\n"
-    )
-}
-
 /// `/etc/resolv.conf` from the host's, without loopback name servers (unreachable from the
 /// container's own network namespace), as Docker does.
 pub fn resolv_conf(host: &str) -> String {

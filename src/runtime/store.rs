@@ -23,7 +23,8 @@ pub const CONFIG_FILE: &str = "config.json";
 pub const STATE_FILE: &str = "state.json";
 pub const LOG_FILE: &str = "log";
 pub const SHIM_LOG_FILE: &str = "shim.log";
-pub const SHIM_LOCK: &str = "shim.lock";
+/// Held by the live shim; the network's leases tell live from stale by it too.
+pub const SHIM_LOCK: &str = crate::net::MEMBER_LOCK;
 pub const LIFECYCLE_LOCK: &str = "lock";
 pub const ROOTFS_DIR: &str = "rootfs";
 pub const RW_DIR: &str = "rw";
@@ -300,14 +301,10 @@ impl Containers {
     }
 }
 
-/// Whether a live shim holds the container's shim lock.
+/// Whether a live shim holds the container's shim lock (when it cannot be told, the
+/// directory is gone: nothing serves it).
 pub fn shim_alive(dir: &Path) -> bool {
-    match sys::try_lock_file(&dir.join(SHIM_LOCK)) {
-        Ok(Some(_)) => false,
-        Ok(None) => true,
-        // Cannot tell (directory gone): nothing serves it.
-        Err(_) => false,
-    }
+    sys::lock_held(&dir.join(SHIM_LOCK))
 }
 
 pub fn write_state(dir: &Path, state: &State) -> Result<(), RuntimeError> {

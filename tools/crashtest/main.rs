@@ -1,6 +1,6 @@
 //! Crash test: SIGKILL the FUSE daemon of a writable strata mount at random moments of a
 //! write workload, remount the same layer, and check that every fsync'ed byte is there
-//! (see `engine.rs` for the journal and what is checked).
+//! (see `strata_testkit::crashtest` for the journal and what is checked).
 //!
 //! ```text
 //! cargo build --release && cargo run --release --example crashtest -- --trials 50
@@ -10,15 +10,12 @@
 //! Needs root. Exit status: 0 every trial held, 1 a trial failed (its seed is printed),
 //! 2 a setup error.
 
-#[path = "engine.rs"]
-mod engine;
-
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
 use clap::Parser;
-use engine::harness;
+use strata_testkit::{crashtest as engine, harness};
 
 #[derive(Parser, Debug)]
 #[command(about = "kill -9 the strata daemon during writes; every fsync'ed byte must survive")]
@@ -67,27 +64,7 @@ fn main() {
 }
 
 fn run(args: Args) -> anyhow::Result<bool> {
-    anyhow::ensure!(
-        rustix::process::geteuid().is_root(),
-        "needs root (FUSE and overlayfs mounts)"
-    );
-    let image = match args.image {
-        Some(p) => p,
-        None => harness::sample_image_for_tools()?,
-    };
-    let strata = if args.kernel {
-        None
-    } else {
-        Some(match args.strata {
-            Some(p) => p,
-            None => harness::strata_next_to_exe().ok_or_else(|| {
-                anyhow::anyhow!(
-                    "no strata binary next to this example: run `cargo build --release` \
-                     first or pass --strata PATH"
-                )
-            })?,
-        })
-    };
+    let (image, strata) = harness::tool_inputs(args.image, args.strata, args.kernel)?;
     let exe = std::env::current_exe()?;
     let cfg = engine::Config {
         image_dir: image,

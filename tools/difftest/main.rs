@@ -1,6 +1,6 @@
 //! Differential tester: seeded random sequences of file system operations on kernel
 //! overlayfs and on a strata writable mount of the same image, compared after every
-//! operation and as whole trees at the end (see `engine.rs`).
+//! operation and as whole trees at the end (the engine is `strata_testkit::difftest`).
 //!
 //! ```text
 //! cargo build --release && cargo run --release --example difftest -- --seeds 100 --ops 300
@@ -10,14 +10,11 @@
 //! Needs root (mounts). Exit status: 0 all clean, 1 a mismatch (the seed and the minimal
 //! failing sequence are printed), 2 a setup error, 3 an operation hung.
 
-#[path = "engine.rs"]
-mod engine;
-
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use engine::harness;
+use strata_testkit::{difftest as engine, harness};
 
 #[derive(Parser, Debug)]
 #[command(about = "strata vs kernel overlayfs: seeded random operation sequences")]
@@ -71,27 +68,7 @@ fn main() {
 }
 
 fn run(args: Args) -> anyhow::Result<bool> {
-    anyhow::ensure!(
-        rustix::process::geteuid().is_root(),
-        "needs root (kernel overlayfs and FUSE mounts)"
-    );
-    let image = match args.image {
-        Some(p) => p,
-        None => harness::sample_image_for_tools()?,
-    };
-    let strata = if args.both_kernel {
-        None
-    } else {
-        Some(match args.strata {
-            Some(p) => p,
-            None => harness::strata_next_to_exe().ok_or_else(|| {
-                anyhow::anyhow!(
-                    "no strata binary next to this example: run `cargo build --release` \
-                     first or pass --strata PATH"
-                )
-            })?,
-        })
-    };
+    let (image, strata) = harness::tool_inputs(args.image, args.strata, args.both_kernel)?;
     let first = args.seed.unwrap_or(1);
     let count = args
         .seeds

@@ -380,16 +380,16 @@ impl View {
         self.layer.apply(b).map_err(layer_errno)
     }
 
-    /// What the writable layer changed, as `docker diff` lists it (see `diff::container`).
-    pub fn changes(&self) -> Vec<crate::diff::Change> {
+    /// What the writable layer changed, as `docker diff` lists it (see `fs::changes`).
+    pub fn changes(&self) -> Vec<crate::fs::changes::Change> {
         let st = self.lock();
-        crate::diff::container::changes(&self.lower, &st.inodes, &st.dirs)
+        crate::fs::changes::changes(&self.lower, &st.inodes, &st.dirs)
     }
 
     /// Every path of the merged tree, parents first (for `export`).
-    pub fn everything(&self) -> Vec<crate::diff::Change> {
+    pub fn everything(&self) -> Vec<crate::fs::changes::Change> {
         let st = self.lock();
-        crate::diff::container::everything(&self.lower, &st.inodes, &st.dirs)
+        crate::fs::changes::everything(&self.lower, &st.inodes, &st.dirs)
     }
 
     // ---- queries -------------------------------------------------------------------------

@@ -166,7 +166,7 @@ fn shared_lowers() -> &'static [PathBuf] {
     LOWERS.get_or_init(|| {
         let img = common::sample_image();
         let stamp = img.file_name().unwrap().to_string_lossy().into_owned();
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("rw-lowers-v1-{stamp}"));
+        let dir = common::target_tmp().join(format!("rw-lowers-v1-{stamp}"));
         let lock = strata::sys::lock_file(&dir.with_extension("lock")).expect("lock lowers");
         let layers = common::sample_layers();
         if !dir.join("done").exists() {

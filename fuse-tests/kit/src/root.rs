@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{Out, sample_image, strata_io};
+use crate::common::{Out, sample_image, strata_io};
 
 pub const DEADLINE: Duration = Duration::from_secs(30);
 

@@ -1,13 +1,14 @@
-//! `diff` of a running container: its writable layer is a sled database that only the
-//! process serving the mount (the shim) may open, and the shim's in-memory view is the truth
-//! anyway (every change is applied to it before the FUSE reply). So the shim answers: it
-//! listens on `diff.sock` in the container's directory, and to every connection writes the
-//! change list computed from its live view (O(changes), under the view's lock, so the list is
-//! one consistent state), then closes it.
+//! The change set of a live writable view, for other processes: a writable layer is a sled
+//! database that only the process serving the mount may open (for a container, its shim),
+//! and that process's in-memory view is the truth anyway (every change is applied to it
+//! before the FUSE reply). So that process answers: it listens on `diff.sock` in a directory
+//! it is given (the container's), and to every connection writes the change list computed
+//! from its live view (O(changes), under the view's lock, so the list is one consistent
+//! state) or a tar of it, then closes it. Knows nothing of containers beyond that directory.
 //!
 //! The socket is reached as `/proc/self/fd/N/diff.sock` through a descriptor of the
-//! container's directory, so the 108-byte limit of socket paths never bites whatever the
-//! state root's path; the directory's permissions guard it like the rest of the records.
+//! directory, so the 108-byte limit of socket paths never bites whatever the state root's
+//! path; the directory's permissions guard it like the rest of the records.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
@@ -19,7 +20,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info_span, warn};
 
-use super::{Change, DiffError, container};
+use super::{Change, ChangesError};
 use crate::fs::view::View;
 
 pub const SOCKET: &str = "diff.sock";
@@ -39,17 +40,17 @@ pub enum Request {
     /// The change list (bincode).
     Diff,
     /// A tar of the changes (`all`: of the whole file system), leaving out the mount targets
-    /// `targets` the runtime created (see `container::without_mount_targets`).
+    /// `targets` the runtime created (see `super::without_mount_targets`).
     Tar { all: bool, targets: Vec<Vec<u8>> },
 }
 
 /// Starts answering requests for `view` on `<dir>/diff.sock` (a thread that lives as long as
 /// the process; one request at a time).
-pub fn serve(dir: &Path, view: Arc<View>) -> Result<(), DiffError> {
-    let d = File::open(dir).map_err(|e| DiffError::io(dir.display(), e))?;
+pub fn serve(dir: &Path, view: Arc<View>) -> Result<(), ChangesError> {
+    let d = File::open(dir).map_err(|e| ChangesError::io(dir.display(), e))?;
     let _ = std::fs::remove_file(dir.join(SOCKET));
     let listener = UnixListener::bind(short_path(&d))
-        .map_err(|e| DiffError::io(dir.join(SOCKET).display(), e))?;
+        .map_err(|e| ChangesError::io(dir.join(SOCKET).display(), e))?;
     std::thread::Builder::new()
         .name("diff".into())
         .spawn(move || {
@@ -64,35 +65,35 @@ pub fn serve(dir: &Path, view: Arc<View>) -> Result<(), DiffError> {
                 }
             }
         })
-        .map_err(|e| DiffError::io("diff thread", e))?;
+        .map_err(|e| ChangesError::io("diff thread", e))?;
     Ok(())
 }
 
-fn answer(view: &View, s: UnixStream) -> Result<(), DiffError> {
+fn answer(view: &View, s: UnixStream) -> Result<(), ChangesError> {
     let _s = info_span!("diff_request").entered();
-    let sock = |e| DiffError::io(SOCKET, e);
+    let sock = |e| ChangesError::io(SOCKET, e);
     s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
         .map_err(sock)?;
     let mut line = String::new();
     BufReader::new(Read::take(&s, MAX_REQUEST))
         .read_line(&mut line)
         .map_err(sock)?;
-    let req: Request =
-        serde_json::from_str(&line).map_err(|e| DiffError::Shim(format!("bad request: {e}")))?;
+    let req: Request = serde_json::from_str(&line)
+        .map_err(|e| ChangesError::Server(format!("bad request: {e}")))?;
     let mut out = BufWriter::new(&s);
     match req {
         Request::Diff => {
             let changes = view.changes();
             debug!(changes = changes.len(), "answering diff");
             let body = bincode::serde::encode_to_vec(&changes, bincode::config::standard())
-                .map_err(|e| DiffError::Shim(e.to_string()))?;
+                .map_err(|e| ChangesError::Server(e.to_string()))?;
             out.write_all(&body).map_err(sock)?;
         }
         Request::Tar { all, targets } => {
             let changes = if all {
                 view.everything()
             } else {
-                container::without_mount_targets(view.changes(), &targets)
+                super::without_mount_targets(view.changes(), &targets)
             };
             debug!(changes = changes.len(), all, "streaming a tar");
             let (w, _) = super::tar::write(view, &changes, out)?;
@@ -102,8 +103,8 @@ fn answer(view: &View, s: UnixStream) -> Result<(), DiffError> {
     out.flush().map_err(sock)
 }
 
-fn connect(dir: &Path, req: &Request) -> Result<Option<UnixStream>, DiffError> {
-    let d = File::open(dir).map_err(|e| DiffError::io(dir.display(), e))?;
+fn connect(dir: &Path, req: &Request) -> Result<Option<UnixStream>, ChangesError> {
+    let d = File::open(dir).map_err(|e| ChangesError::io(dir.display(), e))?;
     let mut s = match UnixStream::connect(short_path(&d)) {
         Ok(s) => s,
         Err(e)
@@ -114,18 +115,18 @@ fn connect(dir: &Path, req: &Request) -> Result<Option<UnixStream>, DiffError> {
         {
             return Ok(None);
         }
-        Err(e) => return Err(DiffError::io(dir.join(SOCKET).display(), e)),
+        Err(e) => return Err(ChangesError::io(dir.join(SOCKET).display(), e)),
     };
-    let mut line = serde_json::to_vec(req).map_err(|e| DiffError::Shim(e.to_string()))?;
+    let mut line = serde_json::to_vec(req).map_err(|e| ChangesError::Server(e.to_string()))?;
     line.push(b'\n');
     s.write_all(&line)
-        .map_err(|e| DiffError::io(dir.join(SOCKET).display(), e))?;
+        .map_err(|e| ChangesError::io(dir.join(SOCKET).display(), e))?;
     Ok(Some(s))
 }
 
 /// Asks the shim of the container in `dir` for its changes. `Ok(None)` when nobody listens
 /// (the container stopped meanwhile).
-pub fn ask(dir: &Path) -> Result<Option<Vec<Change>>, DiffError> {
+pub fn ask(dir: &Path) -> Result<Option<Vec<Change>>, ChangesError> {
     let Some(mut s) = connect(dir, &Request::Diff)? else {
         return Ok(None);
     };
@@ -133,9 +134,9 @@ pub fn ask(dir: &Path) -> Result<Option<Vec<Change>>, DiffError> {
     (&mut s)
         .take(MAX_ANSWER)
         .read_to_end(&mut body)
-        .map_err(|e| DiffError::io(dir.join(SOCKET).display(), e))?;
+        .map_err(|e| ChangesError::io(dir.join(SOCKET).display(), e))?;
     let (changes, _) = bincode::serde::decode_from_slice(&body, bincode::config::standard())
-        .map_err(|e| DiffError::Shim(e.to_string()))?;
+        .map_err(|e| ChangesError::Server(e.to_string()))?;
     Ok(Some(changes))
 }
 
@@ -146,7 +147,7 @@ pub fn ask_tar(
     all: bool,
     targets: Vec<Vec<u8>>,
     out: &mut impl Write,
-) -> Result<bool, DiffError> {
+) -> Result<bool, ChangesError> {
     let Some(mut s) = connect(dir, &Request::Tar { all, targets })? else {
         return Ok(false);
     };
@@ -159,17 +160,17 @@ pub fn ask_tar(
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(DiffError::io(p.display(), e)),
+            Err(e) => return Err(ChangesError::io(p.display(), e)),
         };
         out.write_all(&buf[..n])
-            .map_err(|e| DiffError::io("output", e))?;
+            .map_err(|e| ChangesError::io("output", e))?;
         tail.extend_from_slice(&buf[..n]);
         if tail.len() > 1024 {
             tail.drain(..tail.len() - 1024);
         }
     }
     if tail.len() < 1024 || tail.iter().any(|&b| b != 0) {
-        return Err(DiffError::Shim(
+        return Err(ChangesError::Server(
             "the tar stream from the container's shim was cut short".into(),
         ));
     }

@@ -3,6 +3,9 @@
 //! Every `unsafe` block of the crate lives in this module, each with a `SAFETY:` line. Nothing
 //! here knows about layers, images or containers.
 
+// The one exception to the crate's `deny(unsafe_code)`.
+#![allow(unsafe_code)]
+
 use std::fs::File;
 use std::io;
 use std::path::Path;
@@ -59,6 +62,37 @@ pub fn try_lock_file(path: &Path) -> io::Result<Option<File>> {
         Ok(()) => Ok(Some(f)),
         Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether another process holds the `flock` on `path` (its holder is alive: a lock dies with
+/// its process). `false` when nobody does, or when it cannot be told (the file's directory is
+/// gone).
+pub fn lock_held(path: &Path) -> bool {
+    match try_lock_file(path) {
+        Ok(Some(_)) => false,
+        Ok(None) => true,
+        Err(_) => false,
+    }
+}
+
+/// Waits for the child `pid` to end: its exit code, or 128 + the signal that ended it (as a
+/// shell reports it). `None` when it cannot be waited for (not a child of this process).
+pub fn wait_exit(pid: i32) -> Option<i32> {
+    let p = rustix::process::Pid::from_raw(pid)?;
+    loop {
+        match rustix::process::waitpid(Some(p), rustix::process::WaitOptions::empty()) {
+            Ok(Some((_, st))) => {
+                if let Some(code) = st.exit_status() {
+                    return Some(code);
+                }
+                if let Some(sig) = st.terminating_signal() {
+                    return Some(128 + sig);
+                }
+            }
+            Ok(None) | Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return None,
+        }
     }
 }
 

@@ -91,29 +91,6 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The sample image for the tools, which are cargo examples and so do not get the test
-/// harness's `CARGO_TARGET_TMPDIR`: built by `images/build.py` into `target/tmp/` under the
-/// same name (and lock) as `fuse-tests/common::sample_image()`, so both share one copy.
-pub fn sample_image_for_tools() -> anyhow::Result<PathBuf> {
-    use sha2::{Digest as _, Sha256};
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let recipe = repo.join("images/build.py");
-    let script = std::fs::read(&recipe).context("reading images/build.py")?;
-    let stamp = hex::encode(&Sha256::digest(&script)[..8]);
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo.join("target"));
-    let tmp = target.join("tmp");
-    std::fs::create_dir_all(&tmp)?;
-    let out = tmp.join(format!("sample-image-{stamp}"));
-    let _lock = strata::sys::lock_file(&out.with_extension("lock"))?;
-    if !out.join("done").exists() {
-        run(Command::new("python3").arg(&recipe).arg(&out))?;
-        std::fs::write(out.join("done"), b"")?;
-    }
-    Ok(out)
-}
-
 /// The layer tars of a sample image directory, bottom first.
 pub fn layer_tars(image: &Path) -> Vec<PathBuf> {
     (1..)
@@ -487,10 +464,36 @@ impl Drop for StrataMount {
     }
 }
 
-/// Where the `strata` binary next to a cargo example is (`target/<profile>/examples/x` →
-/// `target/<profile>/strata`).
-pub fn strata_next_to_exe() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let p = exe.parent()?.parent()?.join("strata");
-    p.exists().then_some(p)
+/// The start-up of the tools (difftest, crashtest): they need root; the sample image is
+/// `image`, else built; side B's strata binary is `strata`, else the one built next to the
+/// tool, or none when the tool runs kernel overlayfs on both sides (`kernel_only`).
+pub fn tool_inputs(
+    image: Option<PathBuf>,
+    strata: Option<PathBuf>,
+    kernel_only: bool,
+) -> anyhow::Result<(PathBuf, Option<PathBuf>)> {
+    anyhow::ensure!(
+        rustix::process::geteuid().is_root(),
+        "needs root (kernel overlayfs and FUSE mounts)"
+    );
+    let image = match image {
+        Some(p) => p,
+        None => crate::common::try_sample_image()?,
+    };
+    if kernel_only {
+        return Ok((image, None));
+    }
+    let strata = match strata {
+        Some(p) => p,
+        None => {
+            let p = crate::common::strata_bin();
+            anyhow::ensure!(
+                p.exists(),
+                "no strata binary next to this example: run `cargo build --release` first or \
+                 pass --strata PATH"
+            );
+            p
+        }
+    };
+    Ok((image, Some(strata)))
 }

@@ -1,5 +1,5 @@
-//! Writes a container's changes (`commit`) or its whole file system (`export`) as a tar
-//! stream, reading everything through the writable view (so copied-up chunks and lower data
+//! Writes a writable view's changes (for `commit`) or its whole file system (for `export`)
+//! as a tar stream, reading everything through the view (so copied-up chunks and lower data
 //! come out stitched as the container sees them).
 //!
 //! Layer conventions (OCI image spec): a deleted path is an empty `.wh.NAME` file; a
@@ -13,8 +13,9 @@ use std::io::{Read, Write};
 
 use tracing::info_span;
 
-use super::{Change, DiffError};
+use super::{Change, ChangesError};
 use crate::fs::view::View;
+use crate::layer::marker;
 use crate::rwlayer::FileKind;
 
 const READ_CHUNK: u32 = 1 << 20;
@@ -100,7 +101,7 @@ pub fn write<W: Write>(
     view: &View,
     changes: &[Change],
     out: W,
-) -> Result<(W, TarStats), DiffError> {
+) -> Result<(W, TarStats), ChangesError> {
     let _s = info_span!("write_tar", changes = changes.len()).entered();
     let mut b = tar::Builder::new(out);
     b.follow_symlinks(false);
@@ -109,27 +110,19 @@ pub fn write<W: Write>(
     let mut first: HashMap<u64, Vec<u8>> = HashMap::new();
     let io = |p: &[u8]| {
         let p = show(p);
-        move |e| DiffError::io(p, e)
+        move |e| ChangesError::io(p, e)
     };
     for c in changes {
         let Some(ino) = c.ino else {
             let (parent, name) = parent_and_name(&c.path);
-            let mut wh = b".wh.".to_vec();
+            let mut wh = marker::WHITEOUT_PREFIX.to_vec();
             wh.extend_from_slice(name);
             let p = join(parent, &wh);
-            let mut h = tar::Header::new_gnu();
-            h.set_entry_type(tar::EntryType::Regular);
-            h.set_size(0);
-            h.set_mode(0o644);
-            h.set_uid(0);
-            h.set_gid(0);
-            h.set_mtime(0);
-            b.append_data(&mut h, bp(&p), std::io::empty())
-                .map_err(io(&p))?;
+            marker::append(&mut b, bp(&p)).map_err(io(&p))?;
             stats.entries += 1;
             continue;
         };
-        let a = view.getattr(ino).map_err(|errno| DiffError::Read {
+        let a = view.getattr(ino).map_err(|errno| ChangesError::Read {
             path: show(&c.path),
             errno,
         })?;
@@ -183,16 +176,8 @@ pub fn write<W: Write>(
                 b.append_data(&mut h, bp(&p), std::io::empty())
                     .map_err(io(&c.path))?;
                 if c.opaque {
-                    let mut o = tar::Header::new_gnu();
-                    o.set_entry_type(tar::EntryType::Regular);
-                    o.set_size(0);
-                    o.set_mode(0o644);
-                    o.set_uid(0);
-                    o.set_gid(0);
-                    o.set_mtime(0);
-                    let op = join(&c.path, b".wh..wh..opq");
-                    b.append_data(&mut o, bp(&op), std::io::empty())
-                        .map_err(io(&op))?;
+                    let op = join(&c.path, marker::OPAQUE_MARKER);
+                    marker::append(&mut b, bp(&op)).map_err(io(&op))?;
                     stats.entries += 1;
                 }
             }
@@ -213,7 +198,7 @@ pub fn write<W: Write>(
                 }
             }
             FileKind::Symlink => {
-                let target = view.readlink(ino).map_err(|errno| DiffError::Read {
+                let target = view.readlink(ino).map_err(|errno| ChangesError::Read {
                     path: show(&c.path),
                     errno,
                 })?;
@@ -239,7 +224,7 @@ pub fn write<W: Write>(
         }
         stats.entries += 1;
     }
-    let out = b.into_inner().map_err(|e| DiffError::io("tar", e))?;
+    let out = b.into_inner().map_err(|e| ChangesError::io("tar", e))?;
     Ok((out, stats))
 }
 

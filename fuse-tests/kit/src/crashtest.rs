@@ -28,8 +28,7 @@
 //! (the page cache survives), so it checks the journal, replay and verification plumbing.
 #![allow(dead_code)]
 
-#[path = "../difftest/harness.rs"]
-pub mod harness;
+pub use crate::harness;
 
 use std::collections::BTreeSet;
 use std::fs::File;

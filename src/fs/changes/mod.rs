@@ -1,4 +1,8 @@
-//! A container's changes, Docker's `A`/`C`/`D`, from the writable layer's records.
+//! The change set of a writable view: what it changed over its lower tree, Docker's
+//! `A`/`C`/`D` (`changes`, `everything`), written as a layer tar (`tar`), and answered to
+//! other processes by the one process that serves the view (`serve`). `diff` builds
+//! `diff`, `commit` and `export` of containers on this; nothing here knows about images or
+//! containers, and nothing here writes to the view.
 //!
 //! The writable view keeps a record for every inode it changed (lower inodes keep their
 //! numbers) and the whole listing of every directory whose entries changed ("materialised").
@@ -14,11 +18,77 @@
 //! Docker shows the opaque directory overlayfs makes there. The root is never listed.
 //! Output is in walk order: parents before children, names sorted bytewise.
 
+pub mod serve;
+pub mod tar;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use super::{Change, ChangeKind};
+use serde::{Deserialize, Serialize};
+
 use crate::fs::tree::{MergedTree, Node, NodeKind, ROOT_INO};
 use crate::rwlayer::{FIRST_UPPER_INO, FileKind, Inode};
+
+/// Docker's change kinds, numbered as its API numbers them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChangeKind {
+    Modify = 0,
+    Add = 1,
+    Delete = 2,
+}
+
+impl ChangeKind {
+    /// Docker's letter: `C`, `A` or `D`.
+    pub fn letter(self) -> char {
+        match self {
+            ChangeKind::Modify => 'C',
+            ChangeKind::Add => 'A',
+            ChangeKind::Delete => 'D',
+        }
+    }
+}
+
+/// One changed path of a container.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    pub kind: ChangeKind,
+    /// Relative path, `/`-separated, no leading `/`.
+    pub path: Vec<u8>,
+    /// The inode now at the path (`None` for deletions; a `Delete` with an inode is a
+    /// directory that replaced the one below, `opaque`).
+    pub ino: Option<u64>,
+    /// A directory that replaced a lower directory: nothing of the lower one shows through.
+    pub opaque: bool,
+}
+
+impl Change {
+    /// The path as Docker prints it (`/etc/passwd`).
+    pub fn display_path(&self) -> String {
+        format!("/{}", String::from_utf8_lossy(&self.path))
+    }
+}
+
+/// Why writing a change set as a tar, or serving or fetching it, failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangesError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("reading {path:?} from the container's file system: errno {errno}")]
+    Read { path: String, errno: i32 },
+    #[error("the container's shim did not answer: {0}")]
+    Server(String),
+}
+
+impl ChangesError {
+    pub(crate) fn io(path: impl std::fmt::Display, source: std::io::Error) -> Self {
+        ChangesError::Io {
+            path: path.to_string(),
+            source,
+        }
+    }
+}
 
 /// Materialised directory listings of a writable layer.
 pub type Dirs = HashMap<u64, BTreeMap<Box<[u8]>, u64>>;
@@ -318,58 +388,27 @@ pub fn without_mount_targets(changes: Vec<Change>, targets: &[Vec<u8>]) -> Vec<C
 mod tests {
     use crate::fs::tree::{MergedTree, ROOT_INO};
     use crate::fs::view::{Caller, SetAttr, View};
-    use crate::layer::{Entry, Kind, LayerIndex};
+    use crate::layer::LayerIndex;
+    use crate::layer::fixtures::{dir, file};
     use crate::rwlayer::RwLayer;
 
     const ME: Caller = Caller { uid: 0, gid: 0 };
-
-    fn entry(path: &str, kind: Kind) -> Entry {
-        Entry {
-            path: path.into(),
-            kind,
-            mode: 0o755,
-            uid: 0,
-            gid: 0,
-            mtime: 1,
-            mtime_nsec: 0,
-            xattrs: vec![],
-        }
-    }
-    fn dir(path: &str) -> Entry {
-        entry(
-            path,
-            Kind::Dir {
-                opaque: false,
-                implicit: false,
-            },
-        )
-    }
-    fn file(path: &str, file: u32) -> Entry {
-        entry(
-            path,
-            Kind::File {
-                size: 0,
-                file,
-                nlink: 1,
-            },
-        )
-    }
 
     /// `a/{x,y}`, `b/c/deep`, `big/` with 50 files, `f`.
     fn view(tmp: &std::path::Path) -> View {
         let mut entries = vec![
             dir(""),
             dir("a"),
-            file("a/x", 0),
-            file("a/y", 1),
+            file("a/x", 0, 0),
+            file("a/y", 0, 1),
             dir("b"),
             dir("b/c"),
-            file("b/c/deep", 2),
-            file("f", 3),
+            file("b/c/deep", 0, 2),
+            file("f", 0, 3),
             dir("big"),
         ];
         for i in 0..50 {
-            entries.push(file(&format!("big/{i:02}"), 10 + i));
+            entries.push(file(&format!("big/{i:02}"), 0, 10 + i));
         }
         let index = LayerIndex { entries, files: 60 };
         let layer = RwLayer::open(&tmp.join("layer"), "t").unwrap();
