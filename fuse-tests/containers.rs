@@ -53,7 +53,7 @@ fn wait_for(what: &str, timeout: Duration, cond: impl Fn() -> bool) {
 
 #[test]
 fn run_rm_returns_the_commands_exit_code() {
-    let r = Root::new();
+    let r = ContainerRoot::new();
     let o = r.run(&["run", "--rm", IMAGE, "echo", "hi"]);
     assert_eq!((o.code, o.out.as_str()), (0, "hi\n"), "{o:?}");
     let o = r.run(&[
@@ -93,7 +93,7 @@ fn run_rm_returns_the_commands_exit_code() {
 
 #[test]
 fn environment_workdir_user_and_hostname() {
-    let r = Root::new();
+    let r = ContainerRoot::new();
     let env_file = r.path().join("env.list");
     std::fs::write(&env_file, "# comment\nFROM_FILE=1\nK=from-file\n").unwrap();
     let out = r.ok(&[
@@ -172,7 +172,7 @@ fn environment_workdir_user_and_hostname() {
 
 #[test]
 fn the_command_is_pid_1_in_its_own_namespaces() {
-    let r = Root::new();
+    let r = ContainerRoot::new();
     let out = r.ok(&[
         "run",
         "--rm",
@@ -216,7 +216,7 @@ fn the_command_is_pid_1_in_its_own_namespaces() {
 
 #[test]
 fn lifecycle_run_ps_logs_exec_stop_start_restart_rm() {
-    let r = Root::new();
+    let r = ContainerRoot::new();
     let id = r.ok(&[
         "run",
         "-d",
@@ -329,7 +329,7 @@ fn lifecycle_run_ps_logs_exec_stop_start_restart_rm() {
 
 #[test]
 fn stop_signal_kill_wait_and_create_start_attach() {
-    let r = Root::new();
+    let r = ContainerRoot::new();
     // A process that handles SIGTERM stops cleanly, with its own exit code.
     r.ok(&[
         "run",
@@ -399,7 +399,7 @@ fn stop_signal_kill_wait_and_create_start_attach() {
 
 #[test]
 fn volumes_are_live_both_ways_shared_and_outlive_containers() {
-    let r = Root::new();
+    let r = ContainerRoot::new();
     let host = r.path().join("host-www");
     let host_s = host.to_str().unwrap();
     // A missing host directory is created.
@@ -509,7 +509,7 @@ fn volumes_are_live_both_ways_shared_and_outlive_containers() {
 }
 
 /// Builds a one-layer image whose rootfs has `/data -> /etc` and `/esc -> <host dir>`.
-fn import_hostile_image(r: &Root, host_dir: &Path) -> String {
+fn import_hostile_image(r: &ContainerRoot, host_dir: &Path) -> String {
     let src = sample_image().join("rootfs.tar");
     let tar_path = r.path().join("hostile.tar");
     let mut b = tar::Builder::new(std::fs::File::create(&tar_path).unwrap());
@@ -554,7 +554,7 @@ fn import_hostile_image(r: &Root, host_dir: &Path) -> String {
 
 #[test]
 fn a_symlink_in_the_image_cannot_redirect_a_volume_onto_the_host() {
-    let r = Root::new();
+    let r = ContainerRoot::new();
     let outside = r.path().join("outside");
     std::fs::create_dir(&outside).unwrap();
     let image = import_hostile_image(&r, &outside);
@@ -602,7 +602,7 @@ fn a_symlink_in_the_image_cannot_redirect_a_volume_onto_the_host() {
 
 #[test]
 fn a_killed_shim_is_reconciled_and_the_container_starts_again() {
-    let r = Root::new();
+    let r = ContainerRoot::new();
     r.ok(&[
         "run",
         "-d",
@@ -646,7 +646,7 @@ fn a_killed_shim_is_reconciled_and_the_container_starts_again() {
 
 #[test]
 fn read_only_rootfs_tmpfs_and_resource_limits() {
-    let r = Root::new();
+    let r = ContainerRoot::new();
     let o = r.run(&[
         "run",
         "--rm",
@@ -732,7 +732,7 @@ fn read_only_rootfs_tmpfs_and_resource_limits() {
 
 #[test]
 fn twenty_containers_started_and_removed_concurrently_leak_nothing() {
-    let r = Root::new();
+    let r = ContainerRoot::new();
     let fds_before = std::fs::read_dir("/proc/self/fd").unwrap().count();
     let root = r.path().to_path_buf();
     let handles: Vec<_> = (0..20)
@@ -808,7 +808,7 @@ fn twenty_containers_started_and_removed_concurrently_leak_nothing() {
 
 #[test]
 fn terminals_come_from_the_containers_own_devpts() {
-    let r = Root::new();
+    let r = ContainerRoot::new();
     // -t without a terminal on our side: the container still gets one (24×80 by default).
     let o = r.run(&[
         "run",
@@ -879,7 +879,7 @@ fn terminals_come_from_the_containers_own_devpts() {
 
 #[test]
 fn concurrent_creates_of_one_name_have_one_winner() {
-    let r = Root::new();
+    let r = ContainerRoot::new();
     let root = r.path().to_path_buf();
     let handles: Vec<_> = (0..8)
         .map(|_| {

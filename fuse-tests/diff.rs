@@ -30,7 +30,7 @@ A /www/index.html
 
 #[test]
 fn diff_of_a_running_and_a_stopped_container_is_the_exact_change_list_and_commit_equals_it() {
-    let root = Root::with_deadline(Duration::from_secs(300));
+    let root = ContainerRoot::with_deadline(Duration::from_secs(300));
     let script = format!("{SCRIPT}; exec sleep 100");
     root.ok(&["run", "-d", "--name", "live", IMAGE, "sh", "-c", &script]);
     // Running: the shim answers from its live view.
@@ -186,7 +186,7 @@ fn diff_of_a_running_and_a_stopped_container_is_the_exact_change_list_and_commit
 
 #[test]
 fn wasted_bytes_of_overwritten_and_deleted_files_are_exact() {
-    let root = Root::with_deadline(Duration::from_secs(300));
+    let root = ContainerRoot::with_deadline(Duration::from_secs(300));
     let base: Value =
         serde_json::from_str(&root.ok(&["image", "layers", IMAGE, "--json"])).unwrap();
     root.ok(&[
@@ -301,7 +301,7 @@ fn podman_loads_what_strata_saves_and_strata_loads_what_podman_saves() {
         eprintln!("SKIPPED: podman is not installed (.ci/run installs it): {e}");
         return;
     }
-    let root = Root::with_deadline(Duration::from_secs(300));
+    let root = ContainerRoot::with_deadline(Duration::from_secs(300));
     root.ok(&["run", "--name", "src", IMAGE, "sh", "-c", SCRIPT]);
     root.ok(&["commit", "src", "interop:1"]);
     let want = root.ok(&["run", "--rm", "interop:1", "sh", "-c", LISTING]);

@@ -114,7 +114,7 @@ fn assert_no_leak(id: &str) {
 
 #[test]
 fn published_tcp_and_udp_ports_loopback_bridge_address_hairpin_restart() {
-    let r = Root::new();
+    let r = ContainerRoot::new();
     r.ok(&[
         "run",
         "-d",
@@ -203,7 +203,7 @@ fn published_tcp_and_udp_ports_loopback_bridge_address_hairpin_restart() {
 
 #[test]
 fn a_host_port_in_use_is_a_clear_error_and_leaves_nothing() {
-    let r = Root::new();
+    let r = ContainerRoot::new();
     let _busy = std::net::TcpListener::bind("0.0.0.0:18290").expect("bind 18290");
     let o = r.run(&[
         "run", "-d", "--name", "clash", "-p", "18290:80", IMAGE, "sleep", "100",
@@ -239,7 +239,7 @@ fn a_host_port_in_use_is_a_clear_error_and_leaves_nothing() {
 
 #[test]
 fn host_and_none_modes() {
-    let r = Root::new();
+    let r = ContainerRoot::new();
     let o = r.run(&[
         "run",
         "--rm",
@@ -277,7 +277,7 @@ fn host_and_none_modes() {
 
 #[test]
 fn user_networks_resolve_names_and_aliases_and_are_isolated() {
-    let r = Root::new();
+    let r = ContainerRoot::new();
     let suffix = std::process::id();
     let (na, nb) = (format!("tna{suffix}"), format!("tnb{suffix}"));
     r.ok(&["network", "create", &na]);
@@ -358,7 +358,7 @@ fn user_networks_resolve_names_and_aliases_and_are_isolated() {
 
 #[test]
 fn a_killed_shim_and_many_cycles_leave_no_rule_veth_or_lease() {
-    let r = Root::new();
+    let r = ContainerRoot::new();
     r.ok(&[
         "run", "-d", "--name", "victim", "-p", "18295:80", IMAGE, "httpd", "-f", "-p", "80", "-h",
         "/etc",

@@ -25,6 +25,7 @@ pub mod digest;
 pub mod fs;
 pub mod image;
 pub mod layer;
+pub mod logsink;
 pub mod net;
 pub mod runtime;
 pub mod rwlayer;

@@ -18,7 +18,7 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_span_events(FmtSpan::CLOSE)
-        .with_writer(std::io::stderr)
+        .with_writer(|| strata::logsink::LossyStderr)
         .init();
     let cli = cli::Cli::parse();
     let code = match cli::run(cli) {

@@ -106,6 +106,10 @@ pub struct CreateArgs {
     /// Seconds `stop` waits before SIGKILL (default 10).
     #[arg(long)]
     pub stop_timeout: Option<u64>,
+    /// Security options: seccomp=unconfined, seccomp=PROFILE.json (Docker's format); the
+    /// default is Docker's default seccomp profile.
+    #[arg(long = "security-opt", value_name = "OPT")]
+    pub security_opt: Vec<String>,
     #[command(flatten)]
     pub net: super::network::NetArgs,
     /// Image name, name:tag or ID.
@@ -302,6 +306,7 @@ impl CreateArgs {
             auto_remove: auto_remove || self.rm,
             stop_signal: self.stop_signal.clone(),
             stop_timeout: self.stop_timeout,
+            security_opt: self.security_opt.clone(),
             net: self.net.options(),
         })
     }
@@ -444,6 +449,10 @@ fn start(root: &Path, args: StartArgs) -> anyhow::Result<i32> {
         }
     });
     if code != 0 && args.containers.len() == 1 {
+        // The same message `run` prints, with the command's exit code (126, 127, 125).
+        if let Err(e) = &r {
+            eprintln!("strata: {e:#}");
+        }
         return Ok(code);
     }
     r

@@ -20,6 +20,8 @@ pub struct OfflineView {
     pub container: Container,
     pub view: Arc<View>,
     _lock: File,
+    /// A copy of the layer's database, when the disk was full (see `open_reading`).
+    _scratch: Option<tempfile::TempDir>,
 }
 
 impl OfflineView {
@@ -96,7 +98,7 @@ pub fn offline(rt: &Runtime, reference: &str) -> Result<OfflineView, DiffError> 
     // tree of the image are independent: do both at once.
     let rw_dir = c.dir.join(RW_DIR);
     let chain = crate::fs::chain_id(&c.meta.layers);
-    let opener = std::thread::spawn(move || RwLayer::open(&rw_dir, chain.as_str()));
+    let opener = std::thread::spawn(move || open_reading(&rw_dir, chain.as_str()));
     let mut indexes = Vec::with_capacity(c.meta.layers.len());
     let mut dirs = Vec::with_capacity(c.meta.layers.len());
     for id in &c.meta.layers {
@@ -110,12 +112,78 @@ pub fn offline(rt: &Runtime, reference: &str) -> Result<OfflineView, DiffError> 
         .join()
         .map_err(|_| DiffError::Shim("opening the writable layer panicked".into()))?
         .map_err(crate::fs::MountError::from)?;
+    let (layer, scratch) = layer;
     let view = View::new(tree, dirs, layer).map_err(crate::fs::MountError::from)?;
     Ok(OfflineView {
         view: Arc::new(view),
         container: c,
         _lock: lock,
+        _scratch: scratch,
     })
+}
+
+/// Opens a stopped container's writable layer to read it. sled writes while it opens a
+/// database, so on a full disk the database is copied to memory (a tmpfs) and opened there,
+/// with `data/` linked to the original: reading changes nothing on the full disk. The
+/// caller holds the container's lock, so nothing else opens the layer meanwhile.
+fn open_reading(
+    rw_dir: &std::path::Path,
+    chain: &str,
+) -> Result<(RwLayer, Option<tempfile::TempDir>), crate::rwlayer::RwError> {
+    // The container is not running, but its shim may still be exiting (it lets go of the
+    // layer when its process ends): wait for it, bounded.
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let err = loop {
+        match RwLayer::open(rw_dir, chain) {
+            Ok(l) => return Ok((l, None)),
+            Err(crate::rwlayer::RwError::InUse { .. }) if std::time::Instant::now() < end => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => break e,
+        }
+    };
+    let full = rustix::fs::statvfs(rw_dir)
+        .map(|v| v.f_bavail.saturating_mul(v.f_frsize) < 1 << 20)
+        .unwrap_or(false);
+    if !full {
+        return Err(err);
+    }
+    let io = |p: &std::path::Path| {
+        let p = p.to_path_buf();
+        move |source| crate::rwlayer::RwError::Io { path: p, source }
+    };
+    let shm = std::path::Path::new("/dev/shm");
+    let scratch = if shm.is_dir() {
+        tempfile::tempdir_in(shm)
+    } else {
+        tempfile::tempdir()
+    }
+    .map_err(io(shm))?;
+    for e in std::fs::read_dir(rw_dir).map_err(io(rw_dir))? {
+        let e = e.map_err(io(rw_dir))?;
+        let to = scratch.path().join(e.file_name());
+        if e.file_name() == "data" {
+            std::os::unix::fs::symlink(e.path(), &to).map_err(io(&to))?;
+        } else {
+            copy_tree(&e.path(), &to).map_err(io(&to))?;
+        }
+    }
+    tracing::info!("the disk is full: reading a copy of the writable layer's database");
+    let layer = RwLayer::open(scratch.path(), chain)?;
+    Ok((layer, Some(scratch)))
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    if std::fs::symlink_metadata(from)?.is_dir() {
+        std::fs::create_dir_all(to)?;
+        for e in std::fs::read_dir(from)? {
+            let e = e?;
+            copy_tree(&e.path(), &to.join(e.file_name()))?;
+        }
+        Ok(())
+    } else {
+        std::fs::copy(from, to).map(drop)
+    }
 }
 
 /// `docker diff`: the changes of a container, running or not.
@@ -142,6 +210,8 @@ pub fn container_changes_keep(
             continue;
         }
         match offline(rt, reference) {
+            // A layer read from a copy in memory is torn down here, so the copy goes too.
+            Ok(v) if v._scratch.is_some() => return Ok((v.changes(), None)),
             Ok(v) => return Ok((v.changes(), Some(v))),
             // Started meanwhile: ask its shim.
             Err(DiffError::Running(_)) => continue,

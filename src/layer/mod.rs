@@ -93,12 +93,28 @@ pub struct LayerStore {
 #[derive(Debug)]
 pub struct LayerLocks {
     ids: Vec<Digest>,
-    _files: Vec<File>,
+    files: Vec<File>,
+    store: PathBuf,
 }
 
 impl LayerLocks {
     pub fn covers(&self, id: &Digest) -> bool {
         self.ids.binary_search(id).is_ok()
+    }
+}
+
+impl Drop for LayerLocks {
+    /// The lock file of a layer that is not in the store (removed, or never published)
+    /// goes with the lock, so removing every image leaves no `.locks/` entry behind. It is
+    /// unlinked while still held; [`sys::lock_file_linked`] makes a waiter that locked the
+    /// unlinked file try again on the path's new file.
+    fn drop(&mut self) {
+        for id in &self.ids {
+            if !self.store.join(id.hex()).join(INDEX_FILE).is_file() {
+                let _ = std::fs::remove_file(self.store.join(".locks").join(id.hex()));
+            }
+        }
+        self.files.clear();
     }
 }
 
@@ -180,9 +196,13 @@ impl LayerStore {
         let mut files = Vec::with_capacity(ids.len());
         for id in &ids {
             let p = self.dir.join(".locks").join(id.hex());
-            files.push(sys::lock_file(&p).map_err(|e| LayerError::io(&p, e))?);
+            files.push(sys::lock_file_linked(&p).map_err(|e| LayerError::io(&p, e))?);
         }
-        Ok(LayerLocks { ids, _files: files })
+        Ok(LayerLocks {
+            ids,
+            files,
+            store: self.dir.clone(),
+        })
     }
 
     /// Extracts a layer blob (uncompressed, gzip or zstd) into the staging area and computes

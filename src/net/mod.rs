@@ -13,7 +13,8 @@
 //!   container's shim no longer holds its shim lock is stale and is reclaimed, with its rules.
 //! - Ports: iptables DNAT in strata's own nat chain `STRATA` (jumped to from PREROUTING and
 //!   OUTPUT for local destinations); `localhost:PORT` works by `route_localnet` on the bridge
-//!   plus masquerading of local sources (no userland proxy process per port). Every
+//!   plus masquerading of local sources (no userland proxy process per port); a rule in
+//!   `STRATA-INPUT` drops new packets from a bridge to 127.0.0.0/8 (CVE-2020-8558). Every
 //!   container rule carries the comment `strata:<id>`, so removing them never touches
 //!   anybody else's rule.
 //! - Names: on a user network, each running member's `/etc/hosts` (a bind-mounted file of its
@@ -21,9 +22,9 @@
 
 pub mod cmd;
 mod hosts;
-pub mod ports;
 #[cfg(test)]
-mod tests;
+mod planning_tests;
+pub mod ports;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -388,11 +389,34 @@ fn ensure_base() -> Result<(), NetError> {
     ensure_chain("nat", "STRATA")?;
     ensure_chain("nat", "STRATA-POSTROUTING")?;
     ensure_chain("filter", "STRATA-FORWARD")?;
+    ensure_chain("filter", "STRATA-INPUT")?;
     let local = ["-m", "addrtype", "--dst-type", "LOCAL", "-j", "STRATA"];
     ipt_ensure("nat", &["-A", "PREROUTING"], &local)?;
     ipt_ensure("nat", &["-A", "OUTPUT"], &local)?;
     ipt_ensure("nat", &["-A", "POSTROUTING"], &["-j", "STRATA-POSTROUTING"])?;
     ipt_ensure("filter", &["-I", "FORWARD", "1"], &["-j", "STRATA-FORWARD"])?;
+    ipt_ensure("filter", &["-I", "INPUT", "1"], &["-j", "STRATA-INPUT"])?;
+    // `route_localnet` (which `localhost:PORT` needs for the replies that come back from
+    // the bridge to 127.0.0.1) would also let a container send new packets to the host's
+    // 127.0.0.1 services (CVE-2020-8558): drop what arrives from a bridge for 127.0.0.0/8
+    // unless it belongs to a connection the host opened, as Kubernetes does.
+    ipt_ensure(
+        "filter",
+        &["-A", "STRATA-INPUT"],
+        &[
+            "-i",
+            "strata+",
+            "-d",
+            "127.0.0.0/8",
+            "-m",
+            "conntrack",
+            "!",
+            "--ctstate",
+            "RELATED,ESTABLISHED,DNAT",
+            "-j",
+            "DROP",
+        ],
+    )?;
     let fwd: [&[&str]; 4] = [
         &[
             "-o",
@@ -756,6 +780,12 @@ fn wire(a: &Attached, m: &Member<'_>, pid: i32) -> Result<(), NetError> {
         run("nsenter", &v)
     };
     inside(&["link", "set", &peer, "name", "eth0"])?;
+    // The address decides the MAC (as Docker does): a reused address keeps the MAC that the
+    // host's and the peers' neighbour caches still hold, so it is reachable at once.
+    let ip: Ipv4Addr =
+        a.ip.parse()
+            .map_err(|_| invalid("address", &a.ip, "not an IPv4 address"))?;
+    inside(&["link", "set", "eth0", "address", &mac_for(ip)])?;
     inside(&[
         "addr",
         "add",
@@ -767,6 +797,13 @@ fn wire(a: &Attached, m: &Member<'_>, pid: i32) -> Result<(), NetError> {
     inside(&["route", "add", "default", "via", &a.gateway])?;
     ports::add_rules(&a.ip, &a.ports, &format!("{RULE_TAG}{}", short(m.id)))?;
     Ok(())
+}
+
+/// The MAC of the container interface with address `ip`: locally administered, unicast,
+/// `02:42` followed by the address's four bytes.
+pub fn mac_for(ip: Ipv4Addr) -> String {
+    let [a, b, c, d] = ip.octets();
+    format!("02:42:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
 }
 
 /// Undoes [`attach`] (the shim, when the container is gone; or the reconciler, after a
@@ -916,4 +953,18 @@ pub fn plan(
         },
         warnings,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mac_follows_the_address() {
+        assert_eq!(mac_for(Ipv4Addr::new(10, 213, 0, 2)), "02:42:0a:d5:00:02");
+        assert_ne!(
+            mac_for(Ipv4Addr::new(10, 213, 0, 2)),
+            mac_for(Ipv4Addr::new(10, 213, 0, 3))
+        );
+    }
 }

@@ -2,6 +2,9 @@
 //! controller, cgroup v2 when the unified hierarchy has it, else the v1 hierarchy that has
 //! it (hybrid hosts mount v1 controllers beside a mostly empty unified tree), else a clear
 //! error. A container gets `strata/<id>` in each hierarchy it needs.
+//!
+//! Also the device rule (`create_devices`) on hosts with the v1 devices controller, for
+//! every container.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -9,7 +12,7 @@ use std::time::Duration;
 use tracing::{debug, warn};
 
 use super::RuntimeError;
-use super::spec::Resources;
+use super::spec::{Device, Resources};
 
 #[derive(Debug, Clone, PartialEq)]
 struct Hierarchy {
@@ -189,6 +192,53 @@ pub fn create(id: &str, res: &Resources) -> Result<Vec<PathBuf>, RuntimeError> {
     Ok(created)
 }
 
+/// Docker's device rule, where the host has the cgroup v1 `devices` controller: the
+/// container may make any node (`m`), but read or write only `devices` (the standard nodes),
+/// the terminal nodes (`/dev/tty`, `/dev/console`, `/dev/ptmx`) and its own ptys (136:*).
+/// Returns the cgroup's directory, or `None` when the host has no v1 devices hierarchy
+/// (cgroup v2 only): there the `nodev` mounts the init sets up are the whole guarantee.
+pub fn create_devices(id: &str, devices: &[Device]) -> Result<Option<PathBuf>, RuntimeError> {
+    let Some(h) = hierarchies()
+        .into_iter()
+        .find(|h| !h.v2 && h.controllers.iter().any(|c| c == "devices"))
+    else {
+        debug!("no cgroup v1 devices hierarchy: device access rests on nodev mounts");
+        return Ok(None);
+    };
+    let dir = h.mountpoint.join("strata").join(id);
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| RuntimeError::Cgroup(format!("creating {}: {e}", dir.display())))?;
+    let result = (|| {
+        write(&dir.join("devices.deny"), "a")?;
+        for rule in device_rules(devices) {
+            write(&dir.join("devices.allow"), &rule)?;
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => Ok(Some(dir)),
+        Err(e) => {
+            remove(std::slice::from_ref(&dir));
+            Err(e)
+        }
+    }
+}
+
+fn device_rules(devices: &[Device]) -> Vec<String> {
+    let mut rules = vec!["c *:* m".to_string(), "b *:* m".to_string()];
+    rules.extend(
+        devices
+            .iter()
+            .map(|d| format!("{} {}:{} rwm", d.kind, d.major, d.minor)),
+    );
+    for fixed in ["c 5:0 rwm", "c 5:1 rwm", "c 5:2 rwm", "c 136:* rwm"] {
+        if !rules.iter().any(|r| r == fixed) {
+            rules.push(fixed.to_string());
+        }
+    }
+    rules
+}
+
 /// Moves process `pid` (0: the caller) into every cgroup of `dirs`.
 pub fn add(dirs: &[PathBuf], pid: i32) -> Result<(), RuntimeError> {
     for d in dirs {
@@ -222,6 +272,37 @@ mod tests {
     #[test]
     fn nothing_asked_nothing_created() {
         assert!(create("x", &Resources::default()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn device_rules_allow_only_the_standard_nodes() {
+        let null = Device {
+            path: "/dev/null".into(),
+            kind: "c".into(),
+            major: 1,
+            minor: 3,
+            file_mode: 0o666,
+            uid: 0,
+            gid: 0,
+        };
+        let rules = device_rules(&[null]);
+        assert_eq!(
+            rules,
+            [
+                "c *:* m",
+                "b *:* m",
+                "c 1:3 rwm",
+                "c 5:0 rwm",
+                "c 5:1 rwm",
+                "c 5:2 rwm",
+                "c 136:* rwm"
+            ]
+        );
+        assert!(
+            !rules
+                .iter()
+                .any(|r| r.starts_with('b') && r.ends_with("rwm"))
+        );
     }
 
     #[test]

@@ -259,7 +259,11 @@ fn enter_and_exec(
     {
         return f("setsid", e.into());
     }
-    init::exec_process(process, console.map(|c| c.as_fd()))
+    init::exec_process(
+        process,
+        c.spec.linux.seccomp.as_ref(),
+        console.map(|c| c.as_fd()),
+    )
 }
 
 fn wait(pid: i32) -> i32 {

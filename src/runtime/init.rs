@@ -20,7 +20,8 @@ use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
 use rustix::process::Signal;
 use rustix::thread::{CapabilitySet, CapabilitySets, UnshareFlags};
 
-use super::mounts::{self, Leaf};
+use super::mounts::{self, BindFlags, Leaf};
+use super::seccomp::Seccomp;
 use super::spec::{self, Mount, Process, Spec};
 use super::user::{self, ExecUser};
 use crate::sys::container as csys;
@@ -231,6 +232,7 @@ fn run_child(c: &Child<'_>) -> Result<Infallible, Fail> {
     rustix::process::umask(Mode::from_raw_mode(0o022));
     Err(exec_process(
         &c.spec.process,
+        c.spec.linux.seccomp.as_ref(),
         c.console.as_ref().map(|f| f.as_fd()),
     ))
 }
@@ -245,7 +247,15 @@ fn mount_one(root: BorrowedFd<'_>, m: &Mount) -> io::Result<()> {
             Leaf::File
         };
         let target = mounts::ensure(root, &m.destination, leaf)?;
-        let tree = mounts::bind_tree(src, ro)?;
+        // Volumes and the /etc files never carry usable device nodes: a node made on a
+        // volume (the container has CAP_MKNOD) must not open the host's disks.
+        let tree = mounts::bind_tree(
+            src,
+            BindFlags {
+                readonly: ro,
+                nodev: true,
+            },
+        )?;
         return mounts::attach(&tree, &target);
     }
     let tree = match mounts::new_fs(&m.kind, &m.options) {
@@ -264,28 +274,40 @@ fn mount_one(root: BorrowedFd<'_>, m: &Mount) -> io::Result<()> {
     mounts::attach(&tree, &target)
 }
 
+/// The container's device nodes: bind mounts of the host's own nodes (null, zero, full,
+/// random, urandom, tty) onto empty files of the `nodev` /dev tmpfs. Each bind is a mount of
+/// the host's devtmpfs, so it opens; a node the container makes itself (it has CAP_MKNOD, as
+/// under Docker) lands on a `nodev` mount — /dev, the rootfs, tmpfs mounts, volumes — and
+/// cannot be opened. This holds on any cgroup version and without root.
 fn make_devices(root: BorrowedFd<'_>, spec: &Spec) -> io::Result<()> {
     for d in &spec.linux.devices {
-        let (parent, name) = match d.path.rsplit_once('/') {
-            Some((p, n)) if !n.is_empty() => (if p.is_empty() { "/" } else { p }, n),
-            _ => continue,
-        };
-        let dir = mounts::ensure(root, parent, Leaf::Dir)?;
-        let kind = if d.kind == "b" {
+        let host = rustix::fs::stat(d.path.as_str()).map_err(|e| {
+            io::Error::other(format!("the host's {}: {}", d.path, io::Error::from(e)))
+        })?;
+        let kind = FileType::from_raw_mode(host.st_mode);
+        let want = if d.kind == "b" {
             FileType::BlockDevice
         } else {
             FileType::CharacterDevice
         };
-        match rustix::fs::mknodat(
-            &dir,
-            name,
-            kind,
-            Mode::from_raw_mode(d.file_mode & 0o7777),
-            rustix::fs::makedev(d.major, d.minor),
-        ) {
-            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-            Err(e) => return Err(e.into()),
+        if kind != want
+            || rustix::fs::major(host.st_rdev) != d.major
+            || rustix::fs::minor(host.st_rdev) != d.minor
+        {
+            return Err(io::Error::other(format!(
+                "the host's {} is not device {}:{}",
+                d.path, d.major, d.minor
+            )));
         }
+        let target = mounts::ensure(root, &d.path, Leaf::File)?;
+        let tree = mounts::bind_tree(
+            Path::new(&d.path),
+            BindFlags {
+                readonly: false,
+                nodev: false,
+            },
+        )?;
+        mounts::attach(&tree, &target)?;
     }
     let dev = mounts::ensure(root, "/dev", Leaf::Dir)?;
     for (name, target) in [
@@ -315,7 +337,13 @@ fn mask(path: &str) -> io::Result<()> {
             &["ro", "nosuid", "nodev", "noexec", "size=0"].map(String::from),
         )?
     } else {
-        mounts::bind_tree(Path::new("/dev/null"), false)?
+        mounts::bind_tree(
+            Path::new("/dev/null"),
+            BindFlags {
+                readonly: false,
+                nodev: false,
+            },
+        )?
     };
     mounts::attach_path(&tree, path)
 }
@@ -326,22 +354,36 @@ fn readonly(path: &str) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     }
-    let tree = mounts::bind_tree(Path::new(path), true)?;
+    let tree = mounts::bind_tree(
+        Path::new(path),
+        BindFlags {
+            readonly: true,
+            nodev: false,
+        },
+    )?;
     mounts::attach_path(&tree, path)
 }
 
 /// The last steps of starting a process in the container (also used by `exec`, already
 /// inside the container's namespaces and root): user, capabilities, no_new_privs, working
-/// directory, clean signals and descriptors, then execve with a PATH search. Returns only
-/// on failure.
-pub fn exec_process(p: &Process, console: Option<BorrowedFd<'_>>) -> Fail {
-    match prepare_and_exec(p, console) {
+/// directory, clean signals and descriptors, the seccomp filter, then execve with a PATH
+/// search. Returns only on failure.
+pub fn exec_process(
+    p: &Process,
+    seccomp: Option<&Seccomp>,
+    console: Option<BorrowedFd<'_>>,
+) -> Fail {
+    match prepare_and_exec(p, seccomp, console) {
         Err(f) => f,
         Ok(never) => match never {},
     }
 }
 
-fn prepare_and_exec(p: &Process, console: Option<BorrowedFd<'_>>) -> Result<Infallible, Fail> {
+fn prepare_and_exec(
+    p: &Process,
+    seccomp: Option<&Seccomp>,
+    console: Option<BorrowedFd<'_>>,
+) -> Result<Infallible, Fail> {
     if p.args.is_empty() {
         return Err(Fail {
             code: EXIT_RUNTIME,
@@ -368,6 +410,14 @@ fn prepare_and_exec(p: &Process, console: Option<BorrowedFd<'_>>) -> Result<Infa
     })?;
     csys::reset_signals().map_err(fail("resetting signals"))?;
     csys::cloexec_from(3).map_err(fail("closing descriptors"))?;
+    // Last: from here on only what the profile allows (execve, write to the status pipe,
+    // exit) runs before the command.
+    if let Some(s) = seccomp {
+        super::seccomp::load(s).map_err(|msg| Fail {
+            code: EXIT_RUNTIME,
+            msg,
+        })?;
+    }
     exec_search(&p.args, &env)
 }
 

@@ -18,6 +18,7 @@ pub mod init;
 pub mod logs;
 pub mod mounts;
 pub mod names;
+pub mod seccomp;
 pub mod shim;
 pub mod spec;
 pub mod store;
@@ -267,7 +268,12 @@ impl Runtime {
         // The directory first: a name whose owner directory exists is taken (see
         // `reserve_name`), so no concurrent `create` can mistake ours for a stale one.
         let dir = self.containers.dir_of(&id);
-        std::fs::create_dir_all(dir.join(store::ROOTFS_DIR)).map_err(store::io_err(&dir))?;
+        if let Err(e) = std::fs::create_dir_all(dir.join(store::ROOTFS_DIR)) {
+            // All or nothing: a full disk may let `containers/<id>` be made but not its
+            // `rootfs/`, which would leave a directory no command lists.
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(store::io_err(&dir)(e));
+        }
         let reserved = match &opts.name {
             Some(n) => self.containers.reserve_name(n, &id).map(|()| n.clone()),
             None => {
@@ -437,7 +443,13 @@ impl Runtime {
         let exe = std::env::current_exe().map_err(sys_err("locating the strata executable"))?;
         let (status_r, status_w) =
             pipe_with(PipeFlags::CLOEXEC).map_err(|e| sys_err("pipe")(e.into()))?;
-        let status_w = csys::dup_inheritable(status_w.as_fd()).map_err(sys_err("pipe"))?;
+        // Only the shim may hold the write end: with a copy of our own, a shim that died
+        // without a word would never give us end-of-file.
+        let status_w = {
+            let inheritable = csys::dup_inheritable(status_w.as_fd()).map_err(sys_err("pipe"))?;
+            drop(status_w);
+            inheritable
+        };
         let mut cmd = Command::new(exe);
         cmd.arg("--root")
             .arg(&self.root)
@@ -511,12 +523,15 @@ impl Runtime {
                 msg: msg.to_string(),
             });
         }
-        let why = std::fs::read_to_string(&shim_log).unwrap_or_default();
-        let last: Vec<&str> = why.lines().rev().take(5).collect();
+        let why = log_tail(&shim_log, 5);
         Err(RuntimeError::Shim(format!(
-            "the shim of container {} failed: {}",
+            "the shim of container {} exited without starting it{}",
             c.short_id(),
-            last.into_iter().rev().collect::<Vec<_>>().join("\n")
+            if why.is_empty() {
+                String::new()
+            } else {
+                format!(": {why}")
+            }
         )))
     }
 
@@ -770,4 +785,30 @@ pub(crate) fn delete_container(
     }
     info!(id = c.short_id(), "removed");
     Ok(())
+}
+
+/// The last `lines` lines of a log file, from its last 64 KiB at most; nothing when it is
+/// not a regular file (a log redirected to a device must not hang or flood the caller).
+fn log_tail(path: &Path, lines: usize) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = File::open(path) else {
+        return String::new();
+    };
+    let Ok(meta) = f.metadata() else {
+        return String::new();
+    };
+    if !meta.is_file() {
+        return String::new();
+    }
+    let keep = 64 * 1024;
+    if meta.len() > keep && f.seek(SeekFrom::Start(meta.len() - keep)).is_err() {
+        return String::new();
+    }
+    let mut buf = Vec::new();
+    if f.take(keep).read_to_end(&mut buf).is_err() {
+        return String::new();
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let last: Vec<&str> = text.lines().rev().take(lines).collect();
+    last.into_iter().rev().collect::<Vec<_>>().join("\n")
 }

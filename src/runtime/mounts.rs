@@ -15,7 +15,7 @@ use rustix::mount::{
     fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, move_mount, open_tree,
 };
 
-use crate::sys::container::mount_set_readonly;
+use crate::sys::container::{mount_set_nodev, mount_set_readonly};
 
 /// What to create at a missing mount target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,8 +100,18 @@ pub fn ensure(root: BorrowedFd<'_>, path: &str, leaf: Leaf) -> io::Result<OwnedF
     resolve(root, path)
 }
 
-/// A detached copy of the mount tree at host path `source` (recursive), read-only if asked.
-pub fn bind_tree(source: &Path, readonly: bool) -> io::Result<OwnedFd> {
+/// How a bind mount may be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BindFlags {
+    pub readonly: bool,
+    /// Device nodes under it cannot be opened (every bind of a container's volumes and
+    /// files: no path but the runtime's own /dev nodes may open a device).
+    pub nodev: bool,
+}
+
+/// A detached copy of the mount tree at host path `source` (recursive), with `flags` on
+/// every mount of the copy.
+pub fn bind_tree(source: &Path, flags: BindFlags) -> io::Result<OwnedFd> {
     let tree = open_tree(
         rustix::fs::CWD,
         source,
@@ -109,8 +119,11 @@ pub fn bind_tree(source: &Path, readonly: bool) -> io::Result<OwnedFd> {
             | OpenTreeFlags::OPEN_TREE_CLOEXEC
             | OpenTreeFlags::AT_RECURSIVE,
     )?;
-    if readonly {
+    if flags.readonly {
         mount_set_readonly(tree.as_fd(), true)?;
+    }
+    if flags.nodev {
+        mount_set_nodev(tree.as_fd(), true)?;
     }
     Ok(tree)
 }

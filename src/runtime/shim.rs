@@ -165,6 +165,13 @@ pub fn run(root: &Path, args: ShimArgs) -> Result<i32, RuntimeError> {
         wait_exit(running.pid)
     };
     info!(code, "container exited");
+    let dropped = crate::logsink::dropped();
+    if dropped > 0 {
+        warn!(
+            dropped,
+            "log lines were dropped while the log's disk refused them"
+        );
+    }
     for p in pumps {
         let _ = p.join();
     }
@@ -369,6 +376,9 @@ fn launch(root: &Path, c: &Container) -> Result<Running, Fail> {
     };
 
     guard.cgroups = cgroups::create(&c.id, &c.spec.linux.resources).map_err(fail_rt)?;
+    if let Some(dir) = cgroups::create_devices(&c.id, &c.spec.linux.devices).map_err(fail_rt)? {
+        guard.cgroups.push(dir);
+    }
     cgroups::add(&guard.cgroups, pid).map_err(fail_rt)?;
 
     let filesystem = {

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::RuntimeError;
+use super::seccomp::{self, Seccomp};
 use crate::image::ImageConfig;
 
 pub const OCI_VERSION: &str = "1.2.0";
@@ -85,6 +86,9 @@ pub struct Linux {
     pub masked_paths: Vec<String>,
     pub readonly_paths: Vec<String>,
     pub rootfs_propagation: String,
+    /// The seccomp filter, resolved for this container; `None`: unconfined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seccomp: Option<Seccomp>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -281,6 +285,8 @@ pub struct CreateOptions {
     pub auto_remove: bool,
     pub stop_signal: Option<String>,
     pub stop_timeout: Option<u64>,
+    /// `--security-opt` (today: `seccomp=unconfined|default|FILE`).
+    pub security_opt: Vec<String>,
     /// `--network`, `-p`, `-P`, `--network-alias`.
     pub net: crate::net::NetOptions,
 }
@@ -435,7 +441,7 @@ pub fn parse_volume(arg: &str, cwd: &Path) -> Result<VolumeArg, RuntimeError> {
 }
 
 /// `--tmpfs /path[:options]`: the path and the mount options (Docker's defaults
-/// `noexec,nosuid,nodev` unless given).
+/// `noexec,nosuid,nodev` unless given; `nodev` always).
 pub fn parse_tmpfs(arg: &str) -> Result<(String, Vec<String>), RuntimeError> {
     let (path, opts) = match arg.split_once(':') {
         Some((p, o)) => (p, o),
@@ -449,7 +455,15 @@ pub fn parse_tmpfs(arg: &str) -> Result<(String, Vec<String>), RuntimeError> {
         match o {
             "exec" => options.retain(|x| x != "noexec"),
             "suid" => options.retain(|x| x != "nosuid"),
-            "dev" => options.retain(|x| x != "nodev"),
+            // A tmpfs with usable device nodes would let a container (it has CAP_MKNOD)
+            // open the host's disks.
+            "dev" => {
+                return Err(invalid(
+                    "tmpfs",
+                    arg,
+                    "option dev is not allowed: device nodes open only in the container's /dev",
+                ));
+            }
             o if o.starts_with("size=") || o.starts_with("mode=") || o == "ro" || o == "rw" => {
                 options.push(o.to_string())
             }
@@ -458,7 +472,7 @@ pub fn parse_tmpfs(arg: &str) -> Result<(String, Vec<String>), RuntimeError> {
                 return Err(invalid(
                     "tmpfs",
                     arg,
-                    format!("unsupported option {o:?} (size=, mode=, ro, rw, exec, suid, dev)"),
+                    format!("unsupported option {o:?} (size=, mode=, ro, rw, exec, suid)"),
                 ));
             }
         }
@@ -679,6 +693,9 @@ pub fn build(opts: &CreateOptions, input: BuildInput<'_>) -> Result<Spec, Runtim
     };
     let user = user_field(opts.user.as_deref().or(image.config.user.as_deref()))?;
     let caps: Vec<String> = DEFAULT_CAPS.iter().map(|c| c.to_string()).collect();
+    let seccomp = security_options(&opts.security_opt)?
+        .profile()?
+        .map(|p| seccomp::resolve(&p, &caps));
     let dir = input.container_dir;
     let mut mounts = vec![
         m("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
@@ -686,7 +703,9 @@ pub fn build(opts: &CreateOptions, input: BuildInput<'_>) -> Result<Spec, Runtim
             "/dev",
             "tmpfs",
             "tmpfs",
-            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+            // nodev: the standard nodes are bind mounts of the host's (see init), and
+            // nothing else made here opens.
+            &["nosuid", "nodev", "strictatime", "mode=755", "size=65536k"],
         ),
         m(
             "/dev/pts",
@@ -834,8 +853,30 @@ pub fn build(opts: &CreateOptions, input: BuildInput<'_>) -> Result<Spec, Runtim
             masked_paths: MASKED_PATHS.iter().map(|p| p.to_string()).collect(),
             readonly_paths: READONLY_PATHS.iter().map(|p| p.to_string()).collect(),
             rootfs_propagation: "rslave".into(),
+            seccomp,
         },
     })
+}
+
+/// `--security-opt` values: the seccomp choice (the last one wins, as Docker); anything
+/// else is refused rather than silently ignored.
+fn security_options(opts: &[String]) -> Result<seccomp::Choice, RuntimeError> {
+    let mut choice = seccomp::Choice::Default;
+    for o in opts {
+        match seccomp::Choice::parse(o) {
+            Some(c) => choice = c,
+            None if o == "no-new-privileges" || o == "no-new-privileges:true" => {}
+            None => {
+                return Err(invalid(
+                    "security option",
+                    o,
+                    "strata knows seccomp=unconfined, seccomp=PROFILE.json and \
+                     no-new-privileges (always on)",
+                ));
+            }
+        }
+    }
+    Ok(choice)
 }
 
 fn m(dest: &str, kind: &str, source: &str, options: &[&str]) -> Mount {

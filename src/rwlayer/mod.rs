@@ -238,8 +238,11 @@ impl RwLayer {
                 });
             }
         };
-        lock.set_len(0).map_err(io_err(&lock_path))?;
-        write!(lock, "{}", std::process::id()).map_err(io_err(&lock_path))?;
+        // Who holds it, for the "in use" message of others: informational, so a full disk
+        // (a `diff` of a stopped container only reads) does not make it fail.
+        if lock.set_len(0).is_ok() {
+            let _ = write!(lock, "{}", std::process::id());
+        }
 
         if fresh {
             std::fs::create_dir_all(dir.join("data")).map_err(io_err(dir))?;

@@ -139,10 +139,21 @@ pub fn unshare_namespaces(flags: rustix::thread::UnshareFlags) -> io::Result<()>
 }
 
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
 
 /// Makes the mount tree at `fd` (from `open_tree`, `fsmount`, or any descriptor of a mount
 /// root) read-only, recursively when asked (`mount_setattr(2)`).
 pub fn mount_set_readonly(fd: BorrowedFd<'_>, recursive: bool) -> io::Result<()> {
+    mount_set_attr(fd, MOUNT_ATTR_RDONLY, recursive)
+}
+
+/// Makes the mount tree at `fd` `nodev` (device nodes on it cannot be opened), recursively
+/// when asked.
+pub fn mount_set_nodev(fd: BorrowedFd<'_>, recursive: bool) -> io::Result<()> {
+    mount_set_attr(fd, MOUNT_ATTR_NODEV, recursive)
+}
+
+fn mount_set_attr(fd: BorrowedFd<'_>, set: u64, recursive: bool) -> io::Result<()> {
     #[repr(C)]
     struct MountAttr {
         attr_set: u64,
@@ -151,7 +162,7 @@ pub fn mount_set_readonly(fd: BorrowedFd<'_>, recursive: bool) -> io::Result<()>
         userns_fd: u64,
     }
     let attr = MountAttr {
-        attr_set: MOUNT_ATTR_RDONLY,
+        attr_set: set,
         attr_clr: 0,
         propagation: 0,
         userns_fd: 0,

@@ -27,6 +27,29 @@ pub fn lock_file(path: &Path) -> io::Result<File> {
     Ok(f)
 }
 
+/// Like [`lock_file`], for lock files that their holder may unlink (so that nothing is
+/// left behind): the lock returned is on the file that is at `path` now, never on one that
+/// was unlinked while this process waited for it.
+pub fn lock_file_linked(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::MetadataExt;
+    // Each retry means another holder unlinked the file in between: bounded, since a
+    // holder unlinks only when its layer is gone.
+    for _ in 0..10_000 {
+        let f = lock_file(path)?;
+        let held = f.metadata()?;
+        match std::fs::metadata(path) {
+            Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => return Ok(f),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other(format!(
+        "{}: the lock file keeps being replaced",
+        path.display()
+    )))
+}
+
 /// Like [`lock_file`] but returns `Ok(None)` instead of waiting when another holder has it.
 pub fn try_lock_file(path: &Path) -> io::Result<Option<File>> {
     let f = File::options()

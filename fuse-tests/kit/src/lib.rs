@@ -6,7 +6,8 @@
 //! test leaves no mount behind; every wait is bounded.
 //!
 //! - `paths`: the repository, the `strata` binary, `target/tmp`, the sample image;
-//! - `cli`: running `strata` (with a deadline), the [`Root`] fixture for container tests;
+//! - `cli`: running `strata` (with a deadline); `root`: the [`ContainerRoot`] fixture of the
+//!   tests that run containers;
 //! - `mounts`: mount points, guards, waiting for and killing daemons;
 //! - `overlay`: kernel overlayfs from GNU-tar-extracted layers (the oracle);
 //! - `snapshot`: one [`Snapshot`] of a mounted tree, and [`assert_same_tree`];
@@ -26,11 +27,12 @@ pub mod overlay;
 pub mod paths;
 pub mod posix;
 pub mod rng;
+pub mod root;
 pub mod snapshot;
 pub mod stratabin;
 pub mod tools;
 
-pub use cli::{Out, Root, run, strata, strata_io, strata_ok};
+pub use cli::{Out, run, strata, strata_io, strata_io_env, strata_ok};
 pub use mounts::{MountGuard, is_mounted, kill9, unmount, wait_exit, wait_unmounted};
 pub use overlay::{Overlay, OverlayOracle, extract_lowers, implied_dirs};
 pub use paths::{
@@ -38,6 +40,7 @@ pub use paths::{
     try_sample_image,
 };
 pub use rng::{Rng, fill};
+pub use root::{ContainerRoot, DEADLINE};
 pub use snapshot::{Snapshot, assert_same_tree};
 pub use stratabin::{Strata, StrataMount};
 pub use tools::tool_inputs;
