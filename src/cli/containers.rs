@@ -39,7 +39,8 @@ pub enum ContainerCommand {
     Kill(KillArgs),
     /// Wait until containers stop; print their exit codes.
     Wait {
-        #[arg(required = true)]
+        /// Containers: name or ID.
+        #[arg(required = true, value_name = "CONTAINER")]
         containers: Vec<String>,
     },
     /// Manage volumes.
@@ -129,16 +130,18 @@ pub struct StartArgs {
     /// Attach to the output and return the exit code.
     #[arg(short = 'a', long)]
     pub attach: bool,
-    #[arg(required = true)]
+    /// Containers: name or ID.
+    #[arg(required = true, value_name = "CONTAINER")]
     pub containers: Vec<String>,
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct StopArgs {
-    /// Seconds to wait before SIGKILL.
+    /// Seconds to wait before SIGKILL (default: the container's --stop-timeout, else 10).
     #[arg(short = 't', long = "time")]
     pub time: Option<u64>,
-    #[arg(required = true)]
+    /// Containers: name or ID.
+    #[arg(required = true, value_name = "CONTAINER")]
     pub containers: Vec<String>,
 }
 
@@ -150,7 +153,8 @@ pub struct RmArgs {
     /// Also remove the containers' anonymous volumes.
     #[arg(short = 'v', long)]
     pub volumes: bool,
-    #[arg(required = true)]
+    /// Containers: name or ID.
+    #[arg(required = true, value_name = "CONTAINER")]
     pub containers: Vec<String>,
 }
 
@@ -181,6 +185,7 @@ pub struct LogsArgs {
     /// Prefix each line with its timestamp.
     #[arg(short = 't', long)]
     pub timestamps: bool,
+    /// Container name or ID.
     pub container: String,
 }
 
@@ -201,7 +206,9 @@ pub struct ExecArgs {
     /// User: name, uid, name:group or uid:gid.
     #[arg(short = 'u', long = "user")]
     pub user: Option<String>,
+    /// Container name or ID.
     pub container: String,
+    /// Command and arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
 }
@@ -211,29 +218,37 @@ pub struct KillArgs {
     /// Signal to send.
     #[arg(short = 's', long = "signal", default_value = "KILL")]
     pub signal: String,
-    #[arg(required = true)]
+    /// Containers: name or ID.
+    #[arg(required = true, value_name = "CONTAINER")]
     pub containers: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum VolumeCommand {
     /// Create a volume (a random name if none is given).
-    Create { name: Option<String> },
+    Create {
+        /// The volume's name.
+        name: Option<String>,
+    },
     /// List volumes.
     Ls {
+        /// Only names.
         #[arg(short = 'q', long)]
         quiet: bool,
+        /// JSON output.
         #[arg(long)]
         json: bool,
     },
     /// Show volumes as JSON.
     Inspect {
-        #[arg(required = true)]
+        /// Volume names.
+        #[arg(required = true, value_name = "VOLUME")]
         names: Vec<String>,
     },
     /// Remove volumes (refused while a container uses them).
     Rm {
-        #[arg(required = true)]
+        /// Volume names.
+        #[arg(required = true, value_name = "VOLUME")]
         names: Vec<String>,
     },
 }
@@ -656,38 +671,6 @@ fn exec(root: &Path, args: ExecArgs) -> anyhow::Result<i32> {
     }
 }
 
-/// Refuses `rmi` of an image that containers still use when it would delete the image (its
-/// last tag, or by ID): their rootfs needs its layers. Untagging one of several tags is fine.
-pub fn check_rmi(root: &Path, refs: &[String], force: bool) -> anyhow::Result<()> {
-    let rt = Runtime::open(root)?;
-    let store = crate::image::ImageStore::open(root)?;
-    let containers = rt.list()?;
-    for r in refs {
-        let Ok(image) = store.resolve(r) else {
-            continue; // rmi reports it
-        };
-        let by_tag = image
-            .tags
-            .iter()
-            .any(|t| t == r || t == &format!("{r}:latest"));
-        if by_tag && image.tags.len() > 1 && !force {
-            continue;
-        }
-        let users: Vec<&str> = containers
-            .iter()
-            .filter(|c| c.meta.image_id == image.id.to_string())
-            .map(|c| c.meta.name.as_str())
-            .collect();
-        if !users.is_empty() {
-            bail!(
-                "image {r} is used by container(s) {}: remove them first",
-                users.join(", ")
-            );
-        }
-    }
-    Ok(())
-}
-
 /// `inspect`: containers by name or ID, images otherwise (Docker's order).
 pub fn inspect(root: &Path, refs: &[String]) -> anyhow::Result<i32> {
     let rt = Runtime::open(root)?;
@@ -695,11 +678,18 @@ pub fn inspect(root: &Path, refs: &[String]) -> anyhow::Result<i32> {
     for r in refs {
         match rt.get(r) {
             Ok(c) => out.push(container_json(&c)),
-            Err(RuntimeError::NoSuchContainer(_)) => {
-                let v = super::images::inspect_json(root, r)
-                    .with_context(|| format!("no such container or image: {r}"))?;
-                out.push(v);
-            }
+            Err(RuntimeError::NoSuchContainer(_)) => match super::images::inspect_json(root, r) {
+                Ok(v) => out.push(v),
+                Err(e)
+                    if matches!(
+                        e.downcast_ref::<crate::image::ImageError>(),
+                        Some(crate::image::ImageError::NotFound(_))
+                    ) =>
+                {
+                    bail!("no such container or image: {r}")
+                }
+                Err(e) => return Err(e.context(format!("no such container: {r}"))),
+            },
             Err(e) => return Err(e.into()),
         }
     }

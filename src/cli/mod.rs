@@ -133,10 +133,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Images { json, quiet } => images::list(&root, json, quiet),
         Command::Tag { source, target } => images::tag(&root, &source, &target),
-        Command::Rmi { images, force } => {
-            containers::check_rmi(&root, &images, force)?;
-            images::rmi(&root, &images, force)
-        }
+        Command::Rmi { images, force } => images::rmi(&root, &images, force),
         Command::Inspect { images } => containers::inspect(&root, &images),
         Command::Diff(cmd) => diff::dispatch(&root, *cmd),
         Command::Mount(args) => mount::mount(&root, args),
