@@ -12,7 +12,10 @@ fn main() {
         .with_span_events(FmtSpan::CLOSE)
         .with_writer(std::io::stderr)
         .init();
-    let cli = strata::cli::Cli::parse();
+    let cli = match strata::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => std::process::exit(strata::cli::usage_error(e)),
+    };
     let code = match strata::cli::run(cli) {
         Ok(code) => code,
         Err(e) => {
