@@ -466,19 +466,66 @@ fn start(root: &Path, args: StartArgs) -> anyhow::Result<i32> {
 
 fn stop(root: &Path, args: StopArgs) -> anyhow::Result<i32> {
     let rt = Runtime::open(root)?;
-    each(&args.containers, |r| {
-        rt.stop(r, args.time)?;
-        Ok(())
-    })
+    each(&args.containers, |r| stop_one(&rt, r, args.time))
 }
 
 fn restart(root: &Path, args: StopArgs) -> anyhow::Result<i32> {
     let rt = Runtime::open(root)?;
     each(&args.containers, |r| {
-        rt.stop(r, args.time)?;
+        stop_one(&rt, r, args.time)?;
         rt.start(r, StartIo::default())?;
         Ok(())
     })
+}
+
+/// `stop` of one container. On a terminal, a stop that takes a while says what it waits for
+/// and how long it still will (one line, rewritten each second, erased at the end).
+fn stop_one(rt: &Runtime, reference: &str, time: Option<u64>) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let c = rt.get(reference)?;
+    if c.state.status != Status::Running || !std::io::stderr().is_terminal() {
+        rt.stop(reference, time)?;
+        return Ok(());
+    }
+    let secs = time.or(c.meta.stop_timeout).unwrap_or(10);
+    let signal = c
+        .meta
+        .stop_signal
+        .clone()
+        .unwrap_or_else(|| "SIGTERM".into());
+    let name = c.meta.name.clone();
+    let (done, ticks) = std::sync::mpsc::channel::<()>();
+    let progress = std::thread::spawn(move || {
+        let start = std::time::Instant::now();
+        let mut shown = false;
+        // Quiet for the first half second: most containers stop at once.
+        let mut next = std::time::Duration::from_millis(500);
+        loop {
+            let wait = next.saturating_sub(start.elapsed());
+            if ticks.recv_timeout(wait) != Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                break;
+            }
+            let left = secs.saturating_sub(start.elapsed().as_secs());
+            let line = if left > 0 {
+                format!(
+                    "Waiting up to {secs} s for {name} to stop after {signal}: SIGKILL in {left} s"
+                )
+            } else {
+                format!("{name} did not stop within {secs} s: SIGKILL sent, waiting for it to end")
+            };
+            eprint!("\r\x1b[K{line}");
+            shown = true;
+            next += std::time::Duration::from_secs(1);
+        }
+        if shown {
+            eprint!("\r\x1b[K");
+        }
+    });
+    let result = rt.stop(reference, time);
+    let _ = done.send(());
+    let _ = progress.join();
+    result?;
+    Ok(())
 }
 
 fn rm(root: &Path, args: RmArgs) -> anyhow::Result<i32> {
