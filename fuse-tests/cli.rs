@@ -378,3 +378,50 @@ fn mounting_on_a_strata_mount_point_names_the_process_serving_it() {
     strata_ok(&root, &["umount", mnt.to_str().unwrap()]);
     assert!(wait_unmounted(&mnt));
 }
+
+#[test]
+fn the_demo_says_first_what_it_needs_when_rust_is_missing() {
+    // No cargo or rustc on PATH, no ~/.cargo: the set-up command stops at once (before it
+    // installs or builds anything) and says what to install, with the minimum version.
+    // A PATH with the shell tools the script uses and nothing else (a host's own cargo, in
+    // /usr/bin or wherever, stays out of sight).
+    let home = tempfile::tempdir().unwrap();
+    let bin = home.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let tools = [
+        "bash", "id", "sed", "getent", "cut", "stat", "awk", "sort", "head", "cat", "dirname",
+    ];
+    for tool in tools {
+        let found = ["/usr/bin", "/bin", "/usr/sbin", "/sbin"]
+            .iter()
+            .map(|d| Path::new(d).join(tool))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("{tool} not found"));
+        std::os::unix::fs::symlink(found, bin.join(tool)).unwrap();
+    }
+    let out = Command::new(bin.join("bash"))
+        .arg(repo().join("tools/demo"))
+        .env_clear()
+        .env("PATH", &bin)
+        .env("HOME", home.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let manifest = std::fs::read_to_string(repo().join("Cargo.toml")).unwrap();
+    let need = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = "))
+        .unwrap()
+        .trim_matches('"');
+    assert!(
+        err.contains(&format!("Rust toolchain (cargo and rustc) {need} or newer"))
+            && err.contains("https://sh.rustup.rs"),
+        "{err}"
+    );
+}
