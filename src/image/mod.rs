@@ -234,7 +234,7 @@ impl ImageStore {
             Source::unpack(path, &self.root.join("tmp"), progress)?
         };
         let plans = formats::plan(&src, path)?;
-        let report = self.install(plans, Vec::new(), progress)?;
+        let report = self.install(plans, Vec::new(), true, progress)?;
         for img in &report.images {
             tracing::info!(id = %img.id, tags = ?img.tags, "loaded image");
         }
@@ -300,7 +300,7 @@ impl ImageStore {
             }],
             tags,
         };
-        let report = self.install(vec![plan], vec![staged], progress)?;
+        let report = self.install(vec![plan], vec![staged], false, progress)?;
         report
             .images
             .into_iter()
@@ -309,11 +309,14 @@ impl ImageStore {
     }
 
     /// Publishes the layers of `plans` (each at most once, verified) and then their records and
-    /// tags. `prestaged` are layers already extracted by the caller.
+    /// tags. `prestaged` are layers already extracted by the caller. With `check_stored`, the
+    /// blobs of layers the store has already are verified too: they come from an input that
+    /// must be whole (`load`), not from the store itself (`commit`'s base layers).
     fn install(
         &self,
         plans: Vec<ImagePlan>,
         mut prestaged: Vec<StagedLayer>,
+        check_stored: bool,
         progress: Progress,
     ) -> Result<LoadReport, ImageError> {
         let all: Vec<Digest> = plans
@@ -332,7 +335,9 @@ impl ImageStore {
             if self.layers.exists(id) {
                 // Stored already, but the archive's copy is still checked: a corrupt archive
                 // fails the load whole, whatever the store holds.
-                verify_blob(layer, progress, true)?;
+                if check_stored {
+                    verify_blob(layer, progress, true)?;
+                }
                 let index = self
                     .layers
                     .index(id)
