@@ -261,6 +261,13 @@ fn serve_held(
 ) -> anyhow::Result<i32> {
     let started = Instant::now();
     let layers = &image.layers;
+    // Caught from before the mount exists: a signal that comes as soon as the mount is
+    // visible must unmount it, not kill the process under it.
+    let signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ])?;
     match layer {
         Some(dir) => {
             let filesystem = fs::read_write(store.layers(), layers, dir)?;
@@ -276,14 +283,14 @@ fn serve_held(
             let config = fs::read_write_config(FSNAME, args.threads);
             let session = fs::mount(filesystem, mountpoint, &config)?;
             info!(elapsed_ms = started.elapsed().as_millis() as u64, "mounted");
-            serve_session(root, session, &args.image, mountpoint, say_ready)
+            serve_session(root, session, signals, &args.image, mountpoint, say_ready)
         }
         None => {
             let filesystem = fs::read_only(store.layers(), layers)?.with_mode(args.io.mode());
             let config = fs::read_only_config(FSNAME, args.threads);
             let session = fs::mount(filesystem, mountpoint, &config)?;
             info!(elapsed_ms = started.elapsed().as_millis() as u64, "mounted");
-            serve_session(root, session, &args.image, mountpoint, say_ready)
+            serve_session(root, session, signals, &args.image, mountpoint, say_ready)
         }
     }
 }
@@ -292,6 +299,7 @@ fn serve_held(
 fn serve_session<F: fuser::Filesystem>(
     root: &Path,
     mut session: fuser::Session<F>,
+    mut signals: signal_hook::iterator::Signals,
     image: &str,
     mountpoint: &Path,
     say_ready: bool,
@@ -307,11 +315,6 @@ fn serve_session<F: fuser::Filesystem>(
 
     // Unmount on the usual termination signals; the session loop then ends by itself.
     let mut unmounter = session.unmount_callable();
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGHUP,
-    ])?;
     let mp = mountpoint.to_path_buf();
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
