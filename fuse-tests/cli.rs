@@ -279,3 +279,147 @@ fn imported_rootfs_mounts_to_the_same_files_as_the_layered_image() {
     strata_ok(&root, &["umount", a.to_str().unwrap()]);
     strata_ok(&root, &["umount", b.to_str().unwrap()]);
 }
+
+/// Every file under `root`, with its size and content digest (the store, byte for byte).
+fn store_listing(root: &Path) -> Vec<(String, u64, String)> {
+    use sha2::Digest as _;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            if m.is_dir() {
+                stack.push(p);
+                out.push((rel, 0, String::new()));
+            } else if m.is_file() {
+                let h = sha2::Sha256::digest(std::fs::read(&p).unwrap());
+                out.push((rel, m.len(), hex::encode(h)));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_corrupt_archive_fails_to_load_even_when_its_layers_are_stored() {
+    let img = sample_image();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let good = img.join("sample.docker.tar");
+    strata_ok(&root, &["load", good.to_str().unwrap()]);
+    // The same image under another tag, so the load would have something to change.
+    strata_ok(&root, &["tag", SAMPLE_ID, "other:1"]);
+    strata_ok(&root, &["rmi", SAMPLE_ID]);
+
+    // Flip one byte in the middle of the largest member (a layer), headers untouched.
+    let mut bytes = std::fs::read(&good).unwrap();
+    let (offset, size) = {
+        let mut ar = tar::Archive::new(std::io::Cursor::new(&bytes));
+        ar.entries()
+            .unwrap()
+            .map(|e| e.unwrap())
+            .map(|e| (e.raw_file_position(), e.size()))
+            .max_by_key(|&(_, size)| size)
+            .unwrap()
+    };
+    assert!(size > 1 << 20, "largest member has {size} bytes");
+    bytes[(offset + size / 2) as usize] ^= 0x01;
+    let bad = tmp.path().join("flipped.docker.tar");
+    std::fs::write(&bad, &bytes).unwrap();
+
+    let before = store_listing(&root);
+    let (code, out, err) = strata(&root, &[OsStr::new("load"), bad.as_os_str()]);
+    assert_eq!(code, 125, "a corrupt archive loaded: {out}{err}");
+    assert!(err.starts_with("strata: "), "{err}");
+    assert!(err.contains("does not match its digest"), "{err}");
+    assert!(!out.contains("Loaded"), "{out}");
+    assert_eq!(
+        store_listing(&root),
+        before,
+        "a failed load changed the store"
+    );
+    let tags = images_json(&root)[0]["RepoTags"].clone();
+    assert_eq!(tags, serde_json::json!(["other:1"]));
+}
+
+#[test]
+fn mounting_on_a_strata_mount_point_names_the_process_serving_it() {
+    let img = sample_image();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    strata_ok(&root, &["load", img.join("oci").to_str().unwrap()]);
+    let _guard = MountGuard(mnt.clone());
+    strata_ok(&root, &["mount", SAMPLE_ID, mnt.to_str().unwrap(), "-d"]);
+    let record = std::fs::read_dir(root.join("mounts"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().extension() == Some(OsStr::new("json")));
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(record.unwrap().path()).unwrap()).unwrap();
+    let pid = record["pid"].as_i64().unwrap();
+    for extra in [&[][..], &["-d"][..]] {
+        let mut args = vec![OsStr::new("mount"), OsStr::new(SAMPLE_ID), mnt.as_os_str()];
+        args.extend(extra.iter().map(OsStr::new));
+        let (code, _, err) = strata(&root, &args);
+        assert_eq!(code, 125, "{err}");
+        assert!(
+            err.contains("already a strata mount point") && err.contains(&format!("PID {pid}")),
+            "{err}"
+        );
+        assert!(!err.contains("not empty"), "{err}");
+    }
+    strata_ok(&root, &["umount", mnt.to_str().unwrap()]);
+    assert!(wait_unmounted(&mnt));
+}
+
+#[test]
+fn the_demo_says_first_what_it_needs_when_rust_is_missing() {
+    // No cargo or rustc on PATH, no ~/.cargo: the set-up command stops at once (before it
+    // installs or builds anything) and says what to install, with the minimum version.
+    // A PATH with the shell tools the script uses and nothing else (a host's own cargo, in
+    // /usr/bin or wherever, stays out of sight).
+    let home = tempfile::tempdir().unwrap();
+    let bin = home.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let tools = [
+        "bash", "id", "sed", "getent", "cut", "stat", "awk", "sort", "head", "cat", "dirname",
+    ];
+    for tool in tools {
+        let found = ["/usr/bin", "/bin", "/usr/sbin", "/sbin"]
+            .iter()
+            .map(|d| Path::new(d).join(tool))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("{tool} not found"));
+        std::os::unix::fs::symlink(found, bin.join(tool)).unwrap();
+    }
+    let out = Command::new(bin.join("bash"))
+        .arg(repo().join("tools/demo"))
+        .env_clear()
+        .env("PATH", &bin)
+        .env("HOME", home.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let manifest = std::fs::read_to_string(repo().join("Cargo.toml")).unwrap();
+    let need = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = "))
+        .unwrap()
+        .trim_matches('"');
+    assert!(
+        err.contains(&format!("Rust toolchain (cargo and rustc) {need} or newer"))
+            && err.contains("https://sh.rustup.rs"),
+        "{err}"
+    );
+}

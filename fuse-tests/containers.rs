@@ -324,7 +324,7 @@ fn lifecycle_run_ps_logs_exec_stop_start_restart_rm() {
     // The image of a container cannot be deleted under it.
     let o = r.run(&["rmi", IMAGE]);
     assert_eq!(o.code, 125, "{o:?}");
-    assert!(o.err.contains("used by container(s) web"), "{o:?}");
+    assert!(o.err.contains("in use by container web"), "{o:?}");
 }
 
 #[test]

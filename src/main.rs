@@ -20,7 +20,10 @@ fn main() {
         .with_span_events(FmtSpan::CLOSE)
         .with_writer(|| strata::logsink::LossyStderr)
         .init();
-    let cli = cli::Cli::parse();
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => std::process::exit(cli::usage_error(e)),
+    };
     let code = match cli::run(cli) {
         Ok(code) => code,
         Err(e) => {

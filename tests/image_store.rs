@@ -402,6 +402,71 @@ fn tag_untag_rmi_and_refcounted_gc() {
 }
 
 #[test]
+fn users_keep_layers_from_collection_until_they_are_gone() {
+    use strata::image::User;
+    let (dir, s) = store();
+    let (shared, own) = (simple_layer("s"), simple_layer("own"));
+    let a = load_image(
+        &s,
+        dir.path(),
+        "a",
+        &[shared.clone(), own.clone()],
+        Some("a:1"),
+    );
+    let image = s.resolve("a:1").unwrap();
+    let ctr_dir = dir.path().join("ctr");
+    std::fs::create_dir(&ctr_dir).unwrap();
+    let ctr = User::Container {
+        id: "c0ffee".repeat(10),
+        name: "web".into(),
+        dir: ctr_dir.clone(),
+    };
+    s.hold(&image, ctr.clone()).unwrap();
+    // A layer directory that holds no writable layer: a stale user from the start.
+    let stale = User::WritableLayer {
+        dir: dir.path().join("no-layer-here"),
+        chain: "sha256:00".into(),
+    };
+    s.hold(&image, stale).unwrap();
+    assert_eq!(s.users().unwrap().len(), 1);
+
+    // Refused, naming the live user only; nothing changed.
+    let e = s.remove("a:1", false).unwrap_err();
+    assert!(matches!(e, ImageError::InUse { .. }), "{e}");
+    assert!(e.to_string().contains("container web"), "{e}");
+    assert!(!e.to_string().contains("writable layer"), "{e}");
+    assert_eq!(s.resolve("a:1").unwrap().id, a);
+
+    // Forced: the image goes, the layers stay for the user, collection keeps them.
+    let r = s.remove("a:1", true).unwrap();
+    assert_eq!((r.deleted, r.kept_for.len()), (vec![a.clone()], 1));
+    assert!(r.layers_removed.is_empty());
+    assert!(s.gc().unwrap().is_empty());
+    assert!(s.layers().exists(&own.diff_id) && s.layers().exists(&shared.diff_id));
+    // No new user for an image that is gone.
+    assert!(matches!(
+        s.hold(&image, ctr.clone()),
+        Err(ImageError::NotFound(_))
+    ));
+
+    // The user gone (its directory deleted): the next collection frees the layers and
+    // forgets the stale records.
+    std::fs::remove_dir(&ctr_dir).unwrap();
+    let mut freed = s.gc().unwrap();
+    freed.sort();
+    let mut want = vec![shared.diff_id.clone(), own.diff_id.clone()];
+    want.sort();
+    assert_eq!(freed, want);
+    assert!(s.users().unwrap().is_empty());
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("root/users"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[test]
 fn retag_leaves_the_old_image_dangling() {
     let (dir, s) = store();
     let old = load_image(

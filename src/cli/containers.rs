@@ -39,7 +39,8 @@ pub enum ContainerCommand {
     Kill(KillArgs),
     /// Wait until containers stop; print their exit codes.
     Wait {
-        #[arg(required = true)]
+        /// Containers: name or ID.
+        #[arg(required = true, value_name = "CONTAINER")]
         containers: Vec<String>,
     },
     /// Manage volumes.
@@ -133,16 +134,18 @@ pub struct StartArgs {
     /// Attach to the output and return the exit code.
     #[arg(short = 'a', long)]
     pub attach: bool,
-    #[arg(required = true)]
+    /// Containers: name or ID.
+    #[arg(required = true, value_name = "CONTAINER")]
     pub containers: Vec<String>,
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct StopArgs {
-    /// Seconds to wait before SIGKILL.
+    /// Seconds to wait before SIGKILL (default: the container's --stop-timeout, else 10).
     #[arg(short = 't', long = "time")]
     pub time: Option<u64>,
-    #[arg(required = true)]
+    /// Containers: name or ID.
+    #[arg(required = true, value_name = "CONTAINER")]
     pub containers: Vec<String>,
 }
 
@@ -154,7 +157,8 @@ pub struct RmArgs {
     /// Also remove the containers' anonymous volumes.
     #[arg(short = 'v', long)]
     pub volumes: bool,
-    #[arg(required = true)]
+    /// Containers: name or ID.
+    #[arg(required = true, value_name = "CONTAINER")]
     pub containers: Vec<String>,
 }
 
@@ -185,6 +189,7 @@ pub struct LogsArgs {
     /// Prefix each line with its timestamp.
     #[arg(short = 't', long)]
     pub timestamps: bool,
+    /// Container name or ID.
     pub container: String,
 }
 
@@ -205,7 +210,9 @@ pub struct ExecArgs {
     /// User: name, uid, name:group or uid:gid.
     #[arg(short = 'u', long = "user")]
     pub user: Option<String>,
+    /// Container name or ID.
     pub container: String,
+    /// Command and arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
 }
@@ -215,29 +222,37 @@ pub struct KillArgs {
     /// Signal to send.
     #[arg(short = 's', long = "signal", default_value = "KILL")]
     pub signal: String,
-    #[arg(required = true)]
+    /// Containers: name or ID.
+    #[arg(required = true, value_name = "CONTAINER")]
     pub containers: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum VolumeCommand {
     /// Create a volume (a random name if none is given).
-    Create { name: Option<String> },
+    Create {
+        /// The volume's name.
+        name: Option<String>,
+    },
     /// List volumes.
     Ls {
+        /// Only names.
         #[arg(short = 'q', long)]
         quiet: bool,
+        /// JSON output.
         #[arg(long)]
         json: bool,
     },
     /// Show volumes as JSON.
     Inspect {
-        #[arg(required = true)]
+        /// Volume names.
+        #[arg(required = true, value_name = "VOLUME")]
         names: Vec<String>,
     },
     /// Remove volumes (refused while a container uses them).
     Rm {
-        #[arg(required = true)]
+        /// Volume names.
+        #[arg(required = true, value_name = "VOLUME")]
         names: Vec<String>,
     },
 }
@@ -460,19 +475,66 @@ fn start(root: &Path, args: StartArgs) -> anyhow::Result<i32> {
 
 fn stop(root: &Path, args: StopArgs) -> anyhow::Result<i32> {
     let rt = Runtime::open(root)?;
-    each(&args.containers, |r| {
-        rt.stop(r, args.time)?;
-        Ok(())
-    })
+    each(&args.containers, |r| stop_one(&rt, r, args.time))
 }
 
 fn restart(root: &Path, args: StopArgs) -> anyhow::Result<i32> {
     let rt = Runtime::open(root)?;
     each(&args.containers, |r| {
-        rt.stop(r, args.time)?;
+        stop_one(&rt, r, args.time)?;
         rt.start(r, StartIo::default())?;
         Ok(())
     })
+}
+
+/// `stop` of one container. On a terminal, a stop that takes a while says what it waits for
+/// and how long it still will (one line, rewritten each second, erased at the end).
+fn stop_one(rt: &Runtime, reference: &str, time: Option<u64>) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let c = rt.get(reference)?;
+    if c.state.status != Status::Running || !std::io::stderr().is_terminal() {
+        rt.stop(reference, time)?;
+        return Ok(());
+    }
+    let secs = time.or(c.meta.stop_timeout).unwrap_or(10);
+    let signal = c
+        .meta
+        .stop_signal
+        .clone()
+        .unwrap_or_else(|| "SIGTERM".into());
+    let name = c.meta.name.clone();
+    let (done, ticks) = std::sync::mpsc::channel::<()>();
+    let progress = std::thread::spawn(move || {
+        let start = std::time::Instant::now();
+        let mut shown = false;
+        // Quiet for the first half second: most containers stop at once.
+        let mut next = std::time::Duration::from_millis(500);
+        loop {
+            let wait = next.saturating_sub(start.elapsed());
+            if ticks.recv_timeout(wait) != Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                break;
+            }
+            let left = secs.saturating_sub(start.elapsed().as_secs());
+            let line = if left > 0 {
+                format!(
+                    "Waiting up to {secs} s for {name} to stop after {signal}: SIGKILL in {left} s"
+                )
+            } else {
+                format!("{name} did not stop within {secs} s: SIGKILL sent, waiting for it to end")
+            };
+            eprint!("\r\x1b[K{line}");
+            shown = true;
+            next += std::time::Duration::from_secs(1);
+        }
+        if shown {
+            eprint!("\r\x1b[K");
+        }
+    });
+    let result = rt.stop(reference, time);
+    let _ = done.send(());
+    let _ = progress.join();
+    result?;
+    Ok(())
 }
 
 fn rm(root: &Path, args: RmArgs) -> anyhow::Result<i32> {
@@ -665,38 +727,6 @@ fn exec(root: &Path, args: ExecArgs) -> anyhow::Result<i32> {
     }
 }
 
-/// Refuses `rmi` of an image that containers still use when it would delete the image (its
-/// last tag, or by ID): their rootfs needs its layers. Untagging one of several tags is fine.
-pub fn check_rmi(root: &Path, refs: &[String], force: bool) -> anyhow::Result<()> {
-    let rt = Runtime::open(root)?;
-    let store = crate::image::ImageStore::open(root)?;
-    let containers = rt.list()?;
-    for r in refs {
-        let Ok(image) = store.resolve(r) else {
-            continue; // rmi reports it
-        };
-        let by_tag = image
-            .tags
-            .iter()
-            .any(|t| t == r || t == &format!("{r}:latest"));
-        if by_tag && image.tags.len() > 1 && !force {
-            continue;
-        }
-        let users: Vec<&str> = containers
-            .iter()
-            .filter(|c| c.meta.image_id == image.id.to_string())
-            .map(|c| c.meta.name.as_str())
-            .collect();
-        if !users.is_empty() {
-            bail!(
-                "image {r} is used by container(s) {}: remove them first",
-                users.join(", ")
-            );
-        }
-    }
-    Ok(())
-}
-
 /// `inspect`: containers by name or ID, images otherwise (Docker's order).
 pub fn inspect(root: &Path, refs: &[String]) -> anyhow::Result<i32> {
     let rt = Runtime::open(root)?;
@@ -704,11 +734,18 @@ pub fn inspect(root: &Path, refs: &[String]) -> anyhow::Result<i32> {
     for r in refs {
         match rt.get(r) {
             Ok(c) => out.push(container_json(&c)),
-            Err(RuntimeError::NoSuchContainer(_)) => {
-                let v = super::images::inspect_json(root, r)
-                    .with_context(|| format!("no such container or image: {r}"))?;
-                out.push(v);
-            }
+            Err(RuntimeError::NoSuchContainer(_)) => match super::images::inspect_json(root, r) {
+                Ok(v) => out.push(v),
+                Err(e)
+                    if matches!(
+                        e.downcast_ref::<crate::image::ImageError>(),
+                        Some(crate::image::ImageError::NotFound(_))
+                    ) =>
+                {
+                    bail!("no such container or image: {r}")
+                }
+                Err(e) => return Err(e.context(format!("no such container: {r}"))),
+            },
             Err(e) => return Err(e.into()),
         }
     }

@@ -15,6 +15,7 @@ use crate::runtime::Runtime;
 pub enum DiffCommand {
     /// Show a container's changed files: A (added), C (changed), D (deleted), as Docker.
     Diff {
+        /// Container name or ID.
         container: String,
         /// JSON, as Docker's API: [{"Path":…,"Kind":0|1|2}] (0 changed, 1 added, 2 deleted).
         #[arg(long)]
@@ -24,6 +25,7 @@ pub enum DiffCommand {
     Commit(CommitArgs),
     /// Write a container's file system as a tar archive.
     Export {
+        /// Container name or ID.
         container: String,
         /// Output file (default: stdout).
         #[arg(short, long)]
@@ -31,9 +33,13 @@ pub enum DiffCommand {
     },
     /// Write an image as an archive Docker and Podman load.
     Save {
+        /// Image: name, name:tag or ID.
         image: String,
+        /// The archive to write.
         #[arg(short, long)]
         output: PathBuf,
+        /// `docker-archive` (as `docker save`) or `oci-archive` (as `podman save --format
+        /// oci-archive`).
         #[arg(long, value_enum, default_value_t = SaveFormat::DockerArchive)]
         format: SaveFormat,
     },
@@ -50,6 +56,7 @@ pub enum SaveFormat {
 
 #[derive(Args, Debug)]
 pub struct CommitArgs {
+    /// Container name or ID.
     pub container: String,
     /// `name[:tag]` for the new image.
     pub reference: Option<String>,
@@ -68,7 +75,9 @@ pub struct CommitArgs {
 pub enum ImageCommand {
     /// Per layer: files added, changed, deleted, bytes, wasted bytes; the efficiency score.
     Layers {
+        /// Image: name, name:tag or ID.
         image: String,
+        /// JSON output.
         #[arg(long)]
         json: bool,
         /// Show one layer's entries (0 = bottom).
@@ -80,13 +89,17 @@ pub enum ImageCommand {
     },
     /// What differs between two images (content, size, mode, owner, link target, xattrs).
     Diff {
+        /// The first image.
         a: String,
+        /// The second image.
         b: String,
+        /// JSON output.
         #[arg(long)]
         json: bool,
     },
     /// Fail (exit 1) when an image wastes too much: a CI gate.
     Check {
+        /// Image: name, name:tag or ID.
         image: String,
         /// Most wasted bytes allowed (e.g. 20MB, 5MiB).
         #[arg(long)]

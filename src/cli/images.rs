@@ -107,18 +107,24 @@ pub fn rmi(root: &Path, images: &[String], force: bool) -> anyhow::Result<i32> {
                 for d in &report.deleted {
                     println!("Deleted: {d}");
                 }
+                if !report.kept_for.is_empty() {
+                    println!(
+                        "Kept its layers while in use by: {}",
+                        report.kept_for.join(", ")
+                    );
+                }
             }
+            Err(e) if images.len() == 1 => return Err(e.into()),
             Err(e) => {
-                eprintln!("Error: {e}");
+                eprintln!("strata: {e}");
                 failed += 1;
             }
         }
     }
-    Ok(if failed > 0 {
-        super::EXIT_TOOL_ERROR
-    } else {
-        0
-    })
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} failed", images.len());
+    }
+    Ok(0)
 }
 
 /// One image as `inspect` shows it.

@@ -14,7 +14,8 @@ mod network;
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use anyhow::Context;
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Exit code for strata's own errors (Docker's convention).
 pub const EXIT_TOOL_ERROR: i32 = 125;
@@ -45,6 +46,7 @@ pub enum Command {
         /// The archive or directory (`-i` as in `docker load -i`).
         #[arg(short, long = "input", value_name = "PATH")]
         input: Option<PathBuf>,
+        /// The archive or directory.
         #[arg(value_name = "PATH", conflicts_with = "input")]
         path: Option<PathBuf>,
         /// Print only the loaded image IDs.
@@ -53,6 +55,7 @@ pub enum Command {
     },
     /// Create a one-layer image from a rootfs tarball (plain, gzip or zstd), like `docker import`.
     Import {
+        /// The rootfs tarball.
         tarball: PathBuf,
         /// `name[:tag]` for the new image.
         reference: Option<String>,
@@ -60,6 +63,7 @@ pub enum Command {
     /// List images.
     #[command(alias = "image-ls")]
     Images {
+        /// JSON output.
         #[arg(long)]
         json: bool,
         /// Show only image IDs.
@@ -67,24 +71,39 @@ pub enum Command {
         quiet: bool,
     },
     /// Add a name to an image.
-    Tag { source: String, target: String },
-    /// Remove images (untag; delete when no tag is left; free unused layers).
+    Tag {
+        /// The image: name, name:tag or ID.
+        source: String,
+        /// The new name[:tag].
+        target: String,
+    },
+    /// Remove images (untag; delete when no tag is left; free the layers nothing uses).
+    ///
+    /// An image that containers, mounts or writable layers use is not deleted (the message
+    /// names them) unless forced.
     Rmi {
-        #[arg(required = true)]
+        /// Images: name, name:tag or ID.
+        #[arg(required = true, value_name = "IMAGE")]
         images: Vec<String>,
-        /// Remove an image even when it has several tags.
+        /// Remove an image even when it has several tags, or is in use (by containers,
+        /// mounts, writable layers): it is untagged now, its layers are freed when the last
+        /// user is gone.
         #[arg(short, long)]
         force: bool,
     },
     /// Show containers (or images) as JSON.
     Inspect {
-        #[arg(required = true)]
+        /// Containers (name or ID) or images (name, name:tag or ID).
+        #[arg(required = true, value_name = "NAME")]
         images: Vec<String>,
     },
-    /// Mount an image's merged root file system read-only.
+    /// Mount an image's merged root file system: read-only, or writable with --rw --layer DIR.
     Mount(mount::MountArgs),
     /// Unmount a strata mount.
-    Umount { mountpoint: PathBuf },
+    Umount {
+        /// The mount point.
+        mountpoint: PathBuf,
+    },
     /// `diff`, `commit`, `export`, `save`, `image …`.
     #[command(flatten)]
     Diff(Box<diff::DiffCommand>),
@@ -98,10 +117,46 @@ pub enum Command {
     Network(network::NetworkCommand),
     /// List a container's published ports.
     Port {
+        /// Container name or ID.
         container: String,
         /// Only this container port (`80` or `80/udp`).
         port: Option<String>,
     },
+    /// Print a shell completion script.
+    ///
+    /// `tools/demo` installs them; by hand, e.g.:
+    /// `strata completion bash > /usr/local/share/bash-completion/completions/strata`.
+    Completion {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// (internal) Write the man pages (strata.1, strata-VERB.1, …) into DIR; `tools/demo`
+    /// installs them.
+    #[command(name = "__man", hide = true)]
+    Man { dir: PathBuf },
+}
+
+/// Prints a command-line error in the format of every other error (`strata: …` on stderr)
+/// and returns the exit code: 125, as Docker. `--help` and `--version` are no errors (stdout,
+/// 0).
+pub fn usage_error(e: clap::Error) -> i32 {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = e.print();
+            0
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            // `strata` or `strata network` alone: say so, then the help of what was typed.
+            eprint!("strata: a subcommand is needed\n\n{}", e.render());
+            EXIT_TOOL_ERROR
+        }
+        _ => {
+            let text = e.render().to_string();
+            eprint!("strata: {}", text.strip_prefix("error: ").unwrap_or(&text));
+            EXIT_TOOL_ERROR
+        }
+    }
 }
 
 impl Command {
@@ -110,6 +165,32 @@ impl Command {
         match self {
             Command::ServeMount(_) => true,
             Command::Containers(c) => matches!(**c, containers::ContainerCommand::Shim(_)),
+            _ => false,
+        }
+    }
+
+    /// The commands that only read the state root (listings, inspection, output of images and
+    /// containers to files elsewhere).
+    fn reads_only(&self) -> bool {
+        use containers::{ContainerCommand as C, VolumeCommand as V};
+        use diff::DiffCommand as D;
+        match self {
+            Command::Images { .. } | Command::Inspect { .. } | Command::Port { .. } => true,
+            Command::Diff(d) => matches!(
+                **d,
+                D::Diff { .. } | D::Export { .. } | D::Save { .. } | D::Image(_)
+            ),
+            Command::Containers(c) => matches!(
+                **c,
+                C::Ps(_)
+                    | C::Logs(_)
+                    | C::Wait { .. }
+                    | C::Volume(V::Ls { .. } | V::Inspect { .. })
+            ),
+            Command::Network(n) => matches!(
+                n,
+                network::NetworkCommand::Ls { .. } | network::NetworkCommand::Inspect { .. }
+            ),
             _ => false,
         }
     }
@@ -122,7 +203,19 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         // Not for the daemons: a shim or mount daemon must never die of a closed pipe.
         crate::sys::default_sigpipe();
     }
-    let root = cli.root;
+    // A command that only reads, on a state root that does not exist yet, answers as an empty
+    // store does, without creating one where the user pointed: it reads an empty scratch root
+    // (removed on return).
+    let _scratch;
+    let root = if cli.command.reads_only() && !cli.root.exists() {
+        _scratch = tempfile::Builder::new()
+            .prefix("strata-empty-")
+            .tempdir()
+            .context("creating an empty scratch state root")?;
+        _scratch.path().to_path_buf()
+    } else {
+        cli.root
+    };
     match cli.command {
         Command::Load { input, path, quiet } => {
             let Some(path) = input.or(path) else {
@@ -135,10 +228,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Images { json, quiet } => images::list(&root, json, quiet),
         Command::Tag { source, target } => images::tag(&root, &source, &target),
-        Command::Rmi { images, force } => {
-            containers::check_rmi(&root, &images, force)?;
-            images::rmi(&root, &images, force)
-        }
+        Command::Rmi { images, force } => images::rmi(&root, &images, force),
         Command::Inspect { images } => containers::inspect(&root, &images),
         Command::Diff(cmd) => diff::dispatch(&root, *cmd),
         Command::Mount(args) => mount::mount(&root, args),
@@ -147,5 +237,61 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Containers(cmd) => containers::dispatch(&root, *cmd),
         Command::Network(cmd) => network::dispatch(&root, cmd),
         Command::Port { container, port } => network::port(&root, &container, port.as_deref()),
+        Command::Completion { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "strata", &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::Man { dir } => {
+            std::fs::create_dir_all(&dir)?;
+            clap_mangen::generate_to(Cli::command(), &dir)?;
+            Ok(0)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every visible command says what it does and every visible argument what it is; the
+    /// texts that once contradicted the behaviour stay right.
+    #[test]
+    fn every_command_and_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                let builtin = matches!(a.get_id().as_str(), "help" | "version");
+                if !a.is_hide_set() && !builtin && a.get_help().is_none() {
+                    missing.push(format!("{path} {}", a.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+                let p = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() {
+                    missing.push(p.clone());
+                }
+                walk(sub, &p, missing);
+            }
+        }
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&cmd, "strata", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
+
+        let about = |name: &str| {
+            cmd.find_subcommand(name)
+                .and_then(|c| c.get_about())
+                .map(|a| a.to_string())
+                .unwrap_or_default()
+        };
+        assert!(about("mount").contains("--rw"), "{}", about("mount"));
+        let rmi_force = cmd
+            .find_subcommand("rmi")
+            .and_then(|c| c.get_arguments().find(|a| a.get_id() == "force"))
+            .and_then(|a| a.get_help())
+            .map(|h| h.to_string())
+            .unwrap_or_default();
+        assert!(rmi_force.contains("in use"), "{rmi_force}");
     }
 }

@@ -17,7 +17,7 @@ use tracing::{info, info_span, warn};
 
 use crate::digest::Digest;
 use crate::fs;
-use crate::image::ImageStore;
+use crate::image::{ImageRecord, ImageStore, User};
 use crate::sys;
 
 #[derive(Args, Debug, Clone)]
@@ -29,10 +29,11 @@ pub struct MountArgs {
     /// Run in the background; return once the mount is live.
     #[arg(short, long)]
     pub detach: bool,
-    /// Writable: changes land in the writable layer given with --layer.
+    /// Writable: changes land in the writable layer directory given with --layer (required).
     #[arg(long)]
     pub rw: bool,
-    /// The writable layer directory (created when missing; reused on the next mount).
+    /// With --rw: the writable layer directory (created when missing; the next `mount --rw`
+    /// with it shows the changes again).
     #[arg(long, value_name = "DIR", requires = "rw")]
     pub layer: Option<PathBuf>,
     /// How a read-only mount serves file data: `passthrough` (the kernel reads the layer
@@ -87,7 +88,45 @@ fn record_path(root: &Path, mountpoint: &Path) -> PathBuf {
         .join(format!("{}.json", &key.hex()[..16]))
 }
 
+/// The mount point as `/proc/self/mountinfo` names it. A mount whose daemon died answers
+/// stat with ENOTCONN: then the plain absolute path.
+fn mount_path(mountpoint: &Path) -> PathBuf {
+    std::fs::canonicalize(mountpoint)
+        .unwrap_or_else(|_| std::path::absolute(mountpoint).unwrap_or(mountpoint.to_path_buf()))
+}
+
+fn read_record(root: &Path, path: &Path) -> Option<MountRecord> {
+    std::fs::read(record_path(root, path))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+/// Refuses a mount point that is a strata mount already, saying which process serves it.
+fn check_not_mounted(root: &Path, mountpoint: &Path) -> anyhow::Result<()> {
+    let path = mount_path(mountpoint);
+    if !sys::mount_at(&path)
+        .is_some_and(|(fstype, source)| fstype.starts_with("fuse") && source == FSNAME)
+    {
+        return Ok(());
+    }
+    match read_record(root, &path).filter(|r| sys::process_alive(r.pid)) {
+        Some(r) => bail!(
+            "{} is already a strata mount point (image {}, served by PID {}); `strata umount {}` first",
+            mountpoint.display(),
+            r.image,
+            r.pid,
+            mountpoint.display()
+        ),
+        None => bail!(
+            "{} is already a strata mount point (served by no live process of this state root); `strata umount {}` first",
+            mountpoint.display(),
+            mountpoint.display()
+        ),
+    }
+}
+
 pub fn mount(root: &Path, args: MountArgs) -> anyhow::Result<i32> {
+    check_not_mounted(root, &args.mountpoint)?;
     let store = ImageStore::open(root)?;
     let image = store.resolve(&args.image)?;
     let mountpoint = fs::check_mountpoint(&args.mountpoint, root)?;
@@ -101,7 +140,7 @@ pub fn mount(root: &Path, args: MountArgs) -> anyhow::Result<i32> {
         return serve_image(
             root,
             &store,
-            &image.layers,
+            &image,
             &args,
             &mountpoint,
             layer.as_deref(),
@@ -178,7 +217,7 @@ pub fn serve(root: &Path, args: MountArgs) -> anyhow::Result<i32> {
     serve_image(
         root,
         &store,
-        &image.layers,
+        &image,
         &args,
         &mountpoint,
         layer.as_deref(),
@@ -186,10 +225,13 @@ pub fn serve(root: &Path, args: MountArgs) -> anyhow::Result<i32> {
     )
 }
 
+/// Serves the mount in this process. The mount is a user of the image's layers (so `rmi`
+/// cannot delete them under it) from before it opens them until it ends; a `--rw` layer
+/// directory stays one after that, as long as it exists.
 fn serve_image(
     root: &Path,
     store: &ImageStore,
-    layers: &[Digest],
+    image: &ImageRecord,
     args: &MountArgs,
     mountpoint: &Path,
     layer: Option<&Path>,
@@ -197,21 +239,58 @@ fn serve_image(
 ) -> anyhow::Result<i32> {
     let span = info_span!("mount", image = args.image, mountpoint = %mountpoint.display(), rw = layer.is_some());
     let _g = span.enter();
+    let user = User::this_mount(mountpoint);
+    store.hold(image, user.clone())?;
+    let result = serve_held(root, store, image, args, mountpoint, layer, say_ready);
+    // The mount is gone: so is this user; free what an `rmi -f` left to free.
+    let _ = store.release(&user);
+    if let Err(e) = store.gc() {
+        warn!(error = %e, "collecting unused layers failed");
+    }
+    result
+}
+
+fn serve_held(
+    root: &Path,
+    store: &ImageStore,
+    image: &ImageRecord,
+    args: &MountArgs,
+    mountpoint: &Path,
+    layer: Option<&Path>,
+    say_ready: bool,
+) -> anyhow::Result<i32> {
     let started = Instant::now();
+    let layers = &image.layers;
+    // Caught from before the mount exists: a signal that comes as soon as the mount is
+    // visible must unmount it, not kill the process under it.
+    let signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ])?;
     match layer {
         Some(dir) => {
             let filesystem = fs::read_write(store.layers(), layers, dir)?;
+            // The layer directory records its lower chain now: it needs these layers for as
+            // long as it exists.
+            store.hold(
+                image,
+                User::WritableLayer {
+                    dir: dir.to_path_buf(),
+                    chain: fs::chain_id(layers).as_str().to_string(),
+                },
+            )?;
             let config = fs::read_write_config(FSNAME, args.threads);
             let session = fs::mount(filesystem, mountpoint, &config)?;
             info!(elapsed_ms = started.elapsed().as_millis() as u64, "mounted");
-            serve_session(root, session, &args.image, mountpoint, say_ready)
+            serve_session(root, session, signals, &args.image, mountpoint, say_ready)
         }
         None => {
             let filesystem = fs::read_only(store.layers(), layers)?.with_mode(args.io.mode());
             let config = fs::read_only_config(FSNAME, args.threads);
             let session = fs::mount(filesystem, mountpoint, &config)?;
             info!(elapsed_ms = started.elapsed().as_millis() as u64, "mounted");
-            serve_session(root, session, &args.image, mountpoint, say_ready)
+            serve_session(root, session, signals, &args.image, mountpoint, say_ready)
         }
     }
 }
@@ -220,6 +299,7 @@ fn serve_image(
 fn serve_session<F: fuser::Filesystem>(
     root: &Path,
     mut session: fuser::Session<F>,
+    mut signals: signal_hook::iterator::Signals,
     image: &str,
     mountpoint: &Path,
     say_ready: bool,
@@ -235,11 +315,6 @@ fn serve_session<F: fuser::Filesystem>(
 
     // Unmount on the usual termination signals; the session loop then ends by itself.
     let mut unmounter = session.unmount_callable();
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGHUP,
-    ])?;
     let mp = mountpoint.to_path_buf();
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
@@ -266,13 +341,9 @@ fn serve_session<F: fuser::Filesystem>(
 }
 
 pub fn umount(root: &Path, mountpoint: &Path) -> anyhow::Result<i32> {
-    // A mount whose daemon died answers stat with ENOTCONN: fall back to the plain absolute path.
-    let path = std::fs::canonicalize(mountpoint)
-        .unwrap_or_else(|_| std::path::absolute(mountpoint).unwrap_or(mountpoint.to_path_buf()));
+    let path = mount_path(mountpoint);
     let record_file = record_path(root, &path);
-    let record: Option<MountRecord> = std::fs::read(&record_file)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
+    let record = read_record(root, &path);
     let mounted = || {
         sys::mount_at(&path)
             .is_some_and(|(fstype, source)| fstype.starts_with("fuse") && source == FSNAME)

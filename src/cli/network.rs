@@ -48,6 +48,7 @@ impl NetArgs {
 pub enum NetworkCommand {
     /// Create a network (its own bridge and subnet).
     Create {
+        /// The network's name.
         name: String,
         /// The subnet, e.g. 10.213.7.0/24 (default: the first free 10.213.N.0/24).
         #[arg(long)]
@@ -56,20 +57,24 @@ pub enum NetworkCommand {
     /// List networks.
     #[command(alias = "list")]
     Ls {
+        /// JSON output.
         #[arg(long)]
         json: bool,
+        /// Only names.
         #[arg(short, long)]
         quiet: bool,
     },
     /// Show networks as JSON.
     Inspect {
-        #[arg(required = true)]
+        /// Network names.
+        #[arg(required = true, value_name = "NETWORK")]
         names: Vec<String>,
     },
     /// Remove networks (refused while a container uses one).
     #[command(alias = "remove")]
     Rm {
-        #[arg(required = true)]
+        /// Network names.
+        #[arg(required = true, value_name = "NETWORK")]
         names: Vec<String>,
     },
 }

@@ -82,7 +82,9 @@ impl ImageStore {
             layers,
             tags,
         };
-        let report = self.install(vec![plan], vec![staged], Progress::new(false))?;
+        // The base layers are the store's own, the new one was just extracted: no input to
+        // check again.
+        let report = self.install(vec![plan], vec![staged], false, Progress::new(false))?;
         report
             .images
             .into_iter()

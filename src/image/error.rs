@@ -60,6 +60,11 @@ pub enum ImageError {
         "conflict: unable to delete {id} (must be forced): image is referenced by several tags: {tags}"
     )]
     Conflict { id: String, tags: String },
+    /// `rmi` of an image that containers, mounts or writable layers still use.
+    #[error(
+        "conflict: unable to delete {image}: it is in use by {users} (stop or remove them first, or `rmi -f` to untag it now and free its layers when the last of them is gone)"
+    )]
+    InUse { image: String, users: String },
     /// The store's own metadata is damaged.
     #[error("corrupt image store: {0}")]
     Store(String),

@@ -5,7 +5,10 @@
 //! - `images/<config-digest hex>/{config.json, image.json}`: the config exactly as loaded (its
 //!   sha256 is the image id) and the record (layers bottom→top, blob digests, created, size);
 //! - `repositories.json`: tag (`name:tag`) → image id;
-//! - `tmp/`: archives being unpacked (`load-<pid>-*`, removed on every exit path).
+//! - `tmp/`: archives being unpacked (`load-<pid>-*`, removed on every exit path);
+//! - `users/`: the other users of layers (containers, mounts, writable layers on disk); see
+//!   [`users`] for the one garbage-collection rule: a layer is deleted only when no image
+//!   record and no live user refers to it.
 //!
 //! Layers live in the [`LayerStore`] (`layers/`). Lock order, everywhere: layer locks (sorted,
 //! taken together) before the global lock. A layer is published only while its lock is held,
@@ -21,6 +24,7 @@ mod progress;
 mod reference;
 pub mod save;
 mod spec;
+mod users;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
@@ -33,6 +37,7 @@ pub use commit::CommitInfo;
 pub use error::ImageError;
 pub use reference::Reference;
 pub use spec::{ContainerConfig, History, ImageConfig, RootFs};
+pub use users::{Hold, User};
 
 use crate::digest::{Digest, digest_reader};
 use crate::layer::{Compression, Kind, LayerIndex, LayerLocks, LayerStore, StagedLayer};
@@ -83,6 +88,8 @@ pub struct RemoveReport {
     pub deleted: Vec<Digest>,
     /// Layers no image used any more, now deleted.
     pub layers_removed: Vec<Digest>,
+    /// Users of a deleted image (`force`): its layers stay until they are gone.
+    pub kept_for: Vec<String>,
 }
 
 /// `image.json`.
@@ -227,7 +234,7 @@ impl ImageStore {
             Source::unpack(path, &self.root.join("tmp"), progress)?
         };
         let plans = formats::plan(&src, path)?;
-        let report = self.install(plans, Vec::new(), progress)?;
+        let report = self.install(plans, Vec::new(), true, progress)?;
         for img in &report.images {
             tracing::info!(id = %img.id, tags = ?img.tags, "loaded image");
         }
@@ -293,7 +300,7 @@ impl ImageStore {
             }],
             tags,
         };
-        let report = self.install(vec![plan], vec![staged], progress)?;
+        let report = self.install(vec![plan], vec![staged], false, progress)?;
         report
             .images
             .into_iter()
@@ -302,11 +309,14 @@ impl ImageStore {
     }
 
     /// Publishes the layers of `plans` (each at most once, verified) and then their records and
-    /// tags. `prestaged` are layers already extracted by the caller.
+    /// tags. `prestaged` are layers already extracted by the caller. With `check_stored`, the
+    /// blobs of layers the store has already are verified too: they come from an input that
+    /// must be whole (`load`), not from the store itself (`commit`'s base layers).
     fn install(
         &self,
         plans: Vec<ImagePlan>,
         mut prestaged: Vec<StagedLayer>,
+        check_stored: bool,
         progress: Progress,
     ) -> Result<LoadReport, ImageError> {
         let all: Vec<Digest> = plans
@@ -323,6 +333,11 @@ impl ImageStore {
                 continue;
             }
             if self.layers.exists(id) {
+                // Stored already, but the archive's copy is still checked: a corrupt archive
+                // fails the load whole, whatever the store holds.
+                if check_stored {
+                    verify_blob(layer, progress, true)?;
+                }
                 let index = self
                     .layers
                     .index(id)
@@ -334,7 +349,7 @@ impl ImageStore {
             let s = match prestaged.iter().position(|s| s.diff_id() == id) {
                 Some(i) => prestaged.swap_remove(i),
                 None => {
-                    verify_blob(layer, progress)?;
+                    verify_blob(layer, progress, false)?;
                     self.stage_blob(layer, progress)?
                 }
             };
@@ -652,8 +667,9 @@ impl ImageStore {
     }
 
     /// `docker rmi`: by tag, removes the tag, and the image when that was its last one; by id,
-    /// removes the image and all its tags (several tags need `force`). Then deletes the layers
-    /// no image uses any more.
+    /// removes the image and all its tags (several tags need `force`). Deleting an image that
+    /// a [`User`] holds is refused ([`ImageError::InUse`]); with `force` the image goes but its
+    /// layers stay until the last user is gone. Then deletes the layers nothing uses any more.
     pub fn remove(&self, reference: &str, force: bool) -> Result<RemoveReport, ImageError> {
         let mut report = RemoveReport::default();
         {
@@ -681,6 +697,21 @@ impl ImageStore {
                     true
                 }
             };
+            if delete {
+                let users: Vec<String> = self
+                    .users_locked(true)?
+                    .into_iter()
+                    .filter(|h| h.image == id)
+                    .map(|h| h.user.to_string())
+                    .collect();
+                if !users.is_empty() && !force {
+                    return Err(ImageError::InUse {
+                        image: reference.to_string(),
+                        users: users.join(", "),
+                    });
+                }
+                report.kept_for = users;
+            }
             // Tags first: a crash in between leaves an untagged image, never a tag to nothing.
             self.write_repos(&repos)?;
             if delete {
@@ -702,16 +733,21 @@ impl ImageStore {
         std::fs::remove_dir_all(&trash).map_err(|e| ImageError::io(&trash, e))
     }
 
-    /// Layers referenced by some image. Fails rather than guess when a record is unreadable.
+    /// Layers referenced by some image or held by a live user (stale users are forgotten).
+    /// Fails rather than guess when a record is unreadable.
     fn referenced_locked(&self) -> Result<HashSet<Digest>, ImageError> {
         let mut out = HashSet::new();
         for id in self.image_ids()? {
             out.extend(self.read_record(&id)?.layers);
         }
+        for hold in self.users_locked(true)? {
+            out.extend(hold.layers);
+        }
         Ok(out)
     }
 
-    /// Deletes every layer no image refers to; returns their ids.
+    /// Deletes every layer that no image refers to and no live user holds (the rule of
+    /// [`users`]); returns their ids.
     pub fn gc(&self) -> Result<Vec<Digest>, ImageError> {
         let candidates: Vec<Digest> = {
             let _g = self.lock_meta()?;
@@ -764,7 +800,9 @@ fn content_size(index: &LayerIndex) -> u64 {
 
 /// Checks a layer blob against the digest the manifest gives it, before anything parses it.
 /// A legacy `layer.tar` has no blob digest; when it is uncompressed its digest is its diff_id.
-fn verify_blob(layer: &LayerPlan, progress: Progress) -> Result<(), ImageError> {
+/// A compressed one is checked by `stage` as it extracts it, unless the layer is `stored`
+/// already (nothing will be extracted): then its decompressed stream is hashed here.
+fn verify_blob(layer: &LayerPlan, progress: Progress, stored: bool) -> Result<(), ImageError> {
     let mut f = File::open(&layer.blob).map_err(|e| ImageError::io(&layer.blob, e))?;
     let len = f
         .metadata()
@@ -786,10 +824,26 @@ fn verify_blob(layer: &LayerPlan, progress: Progress) -> Result<(), ImageError> 
             let n = f
                 .read(&mut head)
                 .map_err(|e| ImageError::io(&layer.blob, e))?;
-            if Compression::detect(&head[..n]) != Compression::None {
-                return Ok(()); // `stage` checks the diff_id of the decompressed stream
-            }
             f = File::open(&layer.blob).map_err(|e| ImageError::io(&layer.blob, e))?;
+            if Compression::detect(&head[..n]) != Compression::None {
+                if !stored {
+                    return Ok(()); // `stage` checks the diff_id of the decompressed stream
+                }
+                let (r, _bar) =
+                    progress.wrap(f, len, &format!("verifying {}", layer.diff_id.short()));
+                let stream =
+                    crate::layer::decompress(r).map_err(|e| ImageError::io(&layer.blob, e))?;
+                let (actual, _) =
+                    digest_reader(stream).map_err(|e| ImageError::io(&layer.blob, e))?;
+                return check_digest(
+                    format!(
+                        "layer {} (uncompressed content vs. the diff_id in the image config)",
+                        layer.blob_name
+                    ),
+                    layer.diff_id.clone(),
+                    actual,
+                );
+            }
             (
                 layer.diff_id.clone(),
                 format!(
@@ -801,6 +855,10 @@ fn verify_blob(layer: &LayerPlan, progress: Progress) -> Result<(), ImageError> 
     };
     let (r, _bar) = progress.wrap(f, len, &format!("verifying {}", expected.short()));
     let (actual, _) = digest_reader(r).map_err(|e| ImageError::io(&layer.blob, e))?;
+    check_digest(what, expected, actual)
+}
+
+fn check_digest(what: String, expected: Digest, actual: Digest) -> Result<(), ImageError> {
     if actual != expected {
         return Err(ImageError::DigestMismatch {
             what,

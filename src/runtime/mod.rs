@@ -403,6 +403,15 @@ impl Runtime {
             };
             store::write_json(&dir.join(store::CONFIG_FILE), &spec)?;
             store::write_state(&dir, &State::created())?;
+            // The container uses the image's layers until `rm` deletes its directory.
+            images.hold(
+                &image,
+                crate::image::User::Container {
+                    id: id.clone(),
+                    name: name.clone(),
+                    dir: dir.clone(),
+                },
+            )?;
             // Last: a directory with container.json is a complete container.
             store::write_json(&dir.join(store::META_FILE), &meta)?;
             Ok(Container {
@@ -784,6 +793,20 @@ pub(crate) fn delete_container(
         }
     }
     info!(id = c.short_id(), "removed");
+    // It no longer uses its image's layers: free them if `rmi -f` left them for it.
+    match ImageStore::open(root) {
+        Ok(images) => {
+            let _ = images.release(&crate::image::User::Container {
+                id: c.id.clone(),
+                name: c.meta.name.clone(),
+                dir: c.dir.clone(),
+            });
+            if let Err(e) = images.gc() {
+                warn!(error = %e, "collecting unused layers failed");
+            }
+        }
+        Err(e) => warn!(error = %e, "collecting unused layers failed"),
+    }
     Ok(())
 }
 

@@ -61,6 +61,15 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RwError + '_ {
     }
 }
 
+/// The lower chain the writable layer at `dir` was made for (its marker's `lower`), or `None`
+/// when `dir` holds no writable layer. Reads the marker only (no lock, no database): the image
+/// store asks it to know whether a layer on disk still needs its image's layers.
+pub fn lower_chain(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join(MARKER)).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("lower ").map(|v| v.trim().to_string()))
+}
+
 /// Seconds and nanoseconds since the epoch.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ts {

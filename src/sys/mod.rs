@@ -127,6 +127,15 @@ pub fn process_alive(pid: i32) -> bool {
     }
 }
 
+/// Start time of a process (clock ticks since boot, field 22 of `/proc/PID/stat`): with the
+/// pid, it names one process for good (a pid alone may be reused).
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
 /// Restores the default action of SIGPIPE (the Rust runtime ignores it), so a command whose
 /// output pipe closes ends like any Unix tool. Call before any thread exists.
 pub fn default_sigpipe() {
