@@ -270,8 +270,8 @@ fn imported_rootfs_mounts_to_the_same_files_as_the_layered_image() {
         let f = &flat.entries[p];
         // A flattened tar counts the hard links that are left; overlay keeps the lower count.
         assert_eq!(
-            (m.kind, &m.content, &m.target, m.perm, m.uid),
-            (f.kind, &f.content, &f.target, f.perm, f.uid),
+            (m.st.kind, &m.content, &m.target, m.st.perm, m.st.uid),
+            (f.st.kind, &f.content, &f.target, f.st.perm, f.st.uid),
             "{}",
             String::from_utf8_lossy(p)
         );

@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use strata_testkit::*;
 
 const IMAGE: &str = "strata-sample:latest";
@@ -25,81 +24,6 @@ fn st_ok(root: &Path, args: &[&str]) -> String {
     let o = st(root, args);
     assert_eq!(o.code, 0, "strata {args:?}: {o:?}");
     o.out
-}
-
-/// A state root with the sample image loaded; removes every container on drop.
-struct Root {
-    dir: tempfile::TempDir,
-}
-
-impl Root {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let img = sample_image();
-        st_ok(dir.path(), &["load", img.join("oci").to_str().unwrap()]);
-        Root { dir }
-    }
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-    fn run(&self, args: &[&str]) -> Out {
-        st(self.path(), args)
-    }
-    fn ok(&self, args: &[&str]) -> String {
-        st_ok(self.path(), args)
-    }
-    fn inspect(&self, c: &str) -> Value {
-        let v: Value = serde_json::from_str(&self.ok(&["inspect", c])).expect("inspect json");
-        v[0].clone()
-    }
-    fn ids(&self) -> Vec<String> {
-        self.ok(&["ps", "-a", "-q", "--no-trunc"])
-            .lines()
-            .map(String::from)
-            .collect()
-    }
-    /// Pids of a running container: (init, shim).
-    fn pids(&self, c: &str) -> (i32, i32) {
-        let v = self.inspect(c);
-        (
-            v["State"]["Pid"].as_i64().unwrap_or(0) as i32,
-            v["ShimPid"].as_i64().unwrap_or(0) as i32,
-        )
-    }
-    /// Lines of the host's mount table that mention this root.
-    fn host_mounts(&self) -> Vec<String> {
-        let root = self.path().to_string_lossy().into_owned();
-        std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains(&root))
-            .map(String::from)
-            .collect()
-    }
-}
-
-impl Drop for Root {
-    fn drop(&mut self) {
-        let mut shims = Vec::new();
-        if let Ok(rd) = std::fs::read_dir(self.path().join("containers")) {
-            for e in rd.flatten() {
-                let state = std::fs::read(e.path().join("state.json")).unwrap_or_default();
-                if let Ok(v) = serde_json::from_slice::<Value>(&state) {
-                    shims.push(v["ShimPid"].as_i64().unwrap_or(0) as i32);
-                }
-            }
-        }
-        let ids = st(self.path(), &["ps", "-a", "-q", "--no-trunc"]).out;
-        for id in ids.lines() {
-            let _ = st(self.path(), &["rm", "-f", "-v", id]);
-        }
-        // Last resort: shims this test started that are somehow still there.
-        for pid in shims {
-            if alive(pid) {
-                let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-            }
-        }
-    }
 }
 
 /// Whether `pid` is a live (non-zombie) process.
@@ -129,7 +53,7 @@ fn wait_for(what: &str, timeout: Duration, cond: impl Fn() -> bool) {
 
 #[test]
 fn run_rm_returns_the_commands_exit_code() {
-    let r = Root::new();
+    let r = ContainerRoot::new();
     let o = r.run(&["run", "--rm", IMAGE, "echo", "hi"]);
     assert_eq!((o.code, o.out.as_str()), (0, "hi\n"), "{o:?}");
     let o = r.run(&[
@@ -169,7 +93,7 @@ fn run_rm_returns_the_commands_exit_code() {
 
 #[test]
 fn environment_workdir_user_and_hostname() {
-    let r = Root::new();
+    let r = ContainerRoot::new();
     let env_file = r.path().join("env.list");
     std::fs::write(&env_file, "# comment\nFROM_FILE=1\nK=from-file\n").unwrap();
     let out = r.ok(&[
@@ -248,7 +172,7 @@ fn environment_workdir_user_and_hostname() {
 
 #[test]
 fn the_command_is_pid_1_in_its_own_namespaces() {
-    let r = Root::new();
+    let r = ContainerRoot::new();
     let out = r.ok(&[
         "run",
         "--rm",
@@ -292,7 +216,7 @@ fn the_command_is_pid_1_in_its_own_namespaces() {
 
 #[test]
 fn lifecycle_run_ps_logs_exec_stop_start_restart_rm() {
-    let r = Root::new();
+    let r = ContainerRoot::new();
     let id = r.ok(&[
         "run",
         "-d",
@@ -405,7 +329,7 @@ fn lifecycle_run_ps_logs_exec_stop_start_restart_rm() {
 
 #[test]
 fn stop_signal_kill_wait_and_create_start_attach() {
-    let r = Root::new();
+    let r = ContainerRoot::new();
     // A process that handles SIGTERM stops cleanly, with its own exit code.
     r.ok(&[
         "run",
@@ -475,7 +399,7 @@ fn stop_signal_kill_wait_and_create_start_attach() {
 
 #[test]
 fn volumes_are_live_both_ways_shared_and_outlive_containers() {
-    let r = Root::new();
+    let r = ContainerRoot::new();
     let host = r.path().join("host-www");
     let host_s = host.to_str().unwrap();
     // A missing host directory is created.
@@ -585,7 +509,7 @@ fn volumes_are_live_both_ways_shared_and_outlive_containers() {
 }
 
 /// Builds a one-layer image whose rootfs has `/data -> /etc` and `/esc -> <host dir>`.
-fn import_hostile_image(r: &Root, host_dir: &Path) -> String {
+fn import_hostile_image(r: &ContainerRoot, host_dir: &Path) -> String {
     let src = sample_image().join("rootfs.tar");
     let tar_path = r.path().join("hostile.tar");
     let mut b = tar::Builder::new(std::fs::File::create(&tar_path).unwrap());
@@ -630,7 +554,7 @@ fn import_hostile_image(r: &Root, host_dir: &Path) -> String {
 
 #[test]
 fn a_symlink_in_the_image_cannot_redirect_a_volume_onto_the_host() {
-    let r = Root::new();
+    let r = ContainerRoot::new();
     let outside = r.path().join("outside");
     std::fs::create_dir(&outside).unwrap();
     let image = import_hostile_image(&r, &outside);
@@ -678,7 +602,7 @@ fn a_symlink_in_the_image_cannot_redirect_a_volume_onto_the_host() {
 
 #[test]
 fn a_killed_shim_is_reconciled_and_the_container_starts_again() {
-    let r = Root::new();
+    let r = ContainerRoot::new();
     r.ok(&[
         "run",
         "-d",
@@ -722,7 +646,7 @@ fn a_killed_shim_is_reconciled_and_the_container_starts_again() {
 
 #[test]
 fn read_only_rootfs_tmpfs_and_resource_limits() {
-    let r = Root::new();
+    let r = ContainerRoot::new();
     let o = r.run(&[
         "run",
         "--rm",
@@ -808,7 +732,7 @@ fn read_only_rootfs_tmpfs_and_resource_limits() {
 
 #[test]
 fn twenty_containers_started_and_removed_concurrently_leak_nothing() {
-    let r = Root::new();
+    let r = ContainerRoot::new();
     let fds_before = std::fs::read_dir("/proc/self/fd").unwrap().count();
     let root = r.path().to_path_buf();
     let handles: Vec<_> = (0..20)
@@ -884,7 +808,7 @@ fn twenty_containers_started_and_removed_concurrently_leak_nothing() {
 
 #[test]
 fn terminals_come_from_the_containers_own_devpts() {
-    let r = Root::new();
+    let r = ContainerRoot::new();
     // -t without a terminal on our side: the container still gets one (24×80 by default).
     let o = r.run(&[
         "run",
@@ -955,7 +879,7 @@ fn terminals_come_from_the_containers_own_devpts() {
 
 #[test]
 fn concurrent_creates_of_one_name_have_one_winner() {
-    let r = Root::new();
+    let r = ContainerRoot::new();
     let root = r.path().to_path_buf();
     let handles: Vec<_> = (0..8)
         .map(|_| {

@@ -12,13 +12,48 @@ use strata_testkit::*;
 
 const CHILD_ENV: &str = "STRATA_CRASHTEST_CHILD";
 
-/// Not a test: the workload child. The trials re-execute this test binary with only this
-/// test selected and its arguments in the environment.
-#[test]
-fn workload_child() {
+/// The tests (this target has its own `main`, see [`main`]).
+const TESTS: &[(&str, fn())] = &[
+    (
+        "strata_keeps_every_fsynced_byte_across_sigkill_5_trials",
+        strata_keeps_every_fsynced_byte_across_sigkill_5_trials,
+    ),
+    (
+        "engine_against_kernel_overlayfs",
+        engine_against_kernel_overlayfs,
+    ),
+    (
+        "content_check_allows_only_what_was_not_fsynced",
+        content_check_allows_only_what_was_not_fsynced,
+    ),
+    (
+        "journal_replay_rebuilds_the_guaranteed_content",
+        journal_replay_rebuilds_the_guaranteed_content,
+    ),
+    (
+        "verification_catches_lost_bytes_torn_renames_and_strays",
+        verification_catches_lost_bytes_torn_renames_and_strays,
+    ),
+];
+
+/// The trials re-execute this binary as the workload child, with its arguments in
+/// [`CHILD_ENV`]: then it is the child and runs no test. Otherwise it runs the tests as
+/// cargo's own harness would (libtest-mimic: same arguments, same output).
+fn main() -> std::process::ExitCode {
     if let Ok(json) = std::env::var(CHILD_ENV) {
         engine::child_main(&json);
     }
+    let args = libtest_mimic::Arguments::from_args();
+    let trials = TESTS
+        .iter()
+        .map(|&(name, f)| {
+            libtest_mimic::Trial::test(name, move || {
+                f();
+                Ok(())
+            })
+        })
+        .collect();
+    libtest_mimic::run(&args, trials).exit_code()
 }
 
 fn config(strata: Option<std::path::PathBuf>, trials: usize) -> engine::Config {
@@ -29,13 +64,7 @@ fn config(strata: Option<std::path::PathBuf>, trials: usize) -> engine::Config {
         first_seed: 1,
         max_ops: 3000,
         spawn: Box::new(|a: &ChildArgs, stderr: &Path| {
-            let mut c = Command::new(std::env::current_exe().unwrap());
-            c.args([
-                "--exact",
-                "workload_child",
-                "--nocapture",
-                "--test-threads=1",
-            ]);
+            let c = Command::new(std::env::current_exe().unwrap());
             engine::spawn_with(c, a, stderr, Some(CHILD_ENV), None)
         }),
         keep: false,
@@ -43,7 +72,6 @@ fn config(strata: Option<std::path::PathBuf>, trials: usize) -> engine::Config {
     }
 }
 
-#[test]
 fn strata_keeps_every_fsynced_byte_across_sigkill_5_trials() {
     let started = std::time::Instant::now();
     match engine::run(&config(Some(strata_bin()), 5)).expect("crash test setup") {
@@ -59,7 +87,6 @@ fn strata_keeps_every_fsynced_byte_across_sigkill_5_trials() {
     }
 }
 
-#[test]
 fn engine_against_kernel_overlayfs() {
     match engine::run(&config(None, 3)).expect("crash test setup") {
         Ok(s) => {
@@ -71,7 +98,6 @@ fn engine_against_kernel_overlayfs() {
     }
 }
 
-#[test]
 fn content_check_allows_only_what_was_not_fsynced() {
     let durable = b"0123456789".to_vec();
     let none = Ranges::default();
@@ -100,9 +126,8 @@ fn content_check_allows_only_what_was_not_fsynced() {
     assert_eq!(r.complement(35), vec![(0, 5), (20, 30)]);
 }
 
-#[test]
 fn journal_replay_rebuilds_the_guaranteed_content() {
-    let data = engine::harness::fill(7, 4);
+    let data = strata_testkit::fill(7, 4);
     let mut after = b"base".to_vec();
     after[1..].copy_from_slice(&data[..3]);
     let sha = |d: &[u8]| {
@@ -142,14 +167,13 @@ fn journal_replay_rebuilds_the_guaranteed_content() {
     assert!(engine::replay(bad, &|_| Ok(b"base".to_vec())).is_err());
 }
 
-#[test]
 fn verification_catches_lost_bytes_torn_renames_and_strays() {
     let sha = |d: &[u8]| {
         use sha2::Digest as _;
         hex::encode(sha2::Sha256::digest(d))
     };
     let mut after = b"base".to_vec();
-    after[1..].copy_from_slice(&engine::harness::fill(7, 3));
+    after[1..].copy_from_slice(&strata_testkit::fill(7, 3));
     let text = format!(
         "dir crash\n\
          base 0 etc/motd\n\

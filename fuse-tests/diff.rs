@@ -28,43 +28,9 @@ D /www
 A /www/index.html
 ";
 
-struct Root(tempfile::TempDir);
-
-impl Root {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        strata_ok(
-            dir.path(),
-            &["load", sample_image().join("oci").to_str().unwrap()],
-        );
-        Root(dir)
-    }
-    fn p(&self) -> &Path {
-        self.0.path()
-    }
-    fn ok(&self, args: &[&str]) -> String {
-        strata_ok(self.p(), args)
-    }
-    fn code(&self, args: &[&str]) -> i32 {
-        let os: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
-        strata(self.p(), &os).0
-    }
-}
-
-impl Drop for Root {
-    fn drop(&mut self) {
-        for id in strata_ok(self.p(), &["ps", "-a", "-q", "--no-trunc"]).lines() {
-            let _ = strata(
-                self.p(),
-                &[std::ffi::OsStr::new("rm"), "-f".as_ref(), id.as_ref()],
-            );
-        }
-    }
-}
-
 #[test]
 fn diff_of_a_running_and_a_stopped_container_is_the_exact_change_list_and_commit_equals_it() {
-    let root = Root::new();
+    let root = ContainerRoot::with_deadline(Duration::from_secs(300));
     let script = format!("{SCRIPT}; exec sleep 100");
     root.ok(&["run", "-d", "--name", "live", IMAGE, "sh", "-c", &script]);
     // Running: the shim answers from its live view.
@@ -144,7 +110,7 @@ fn diff_of_a_running_and_a_stopped_container_is_the_exact_change_list_and_commit
     let _ga = MountGuard(a.clone());
     let _gb = MountGuard(b.clone());
     root.ok(&["mount", "committed:1", a.to_str().unwrap(), "-d"]);
-    let layer = root.p().join("containers").join(&cid).join("rw");
+    let layer = root.path().join("containers").join(&cid).join("rw");
     root.ok(&[
         "mount",
         "--rw",
@@ -159,7 +125,6 @@ fn diff_of_a_running_and_a_stopped_container_is_the_exact_change_list_and_commit
     // Mount targets the runtime created are not the container's changes (Docker's init layer).
     for p in ["etc/hosts", "etc/hostname", "etc/resolv.conf"] {
         container.entries.remove(p.as_bytes());
-        container.inode_of.remove(p.as_bytes());
     }
     // The root directory is never part of a layer diff (Docker's neither).
     assert_same_tree(&container, &committed, &[b"".to_vec()]);
@@ -221,7 +186,7 @@ fn diff_of_a_running_and_a_stopped_container_is_the_exact_change_list_and_commit
 
 #[test]
 fn wasted_bytes_of_overwritten_and_deleted_files_are_exact() {
-    let root = Root::new();
+    let root = ContainerRoot::with_deadline(Duration::from_secs(300));
     let base: Value =
         serde_json::from_str(&root.ok(&["image", "layers", IMAGE, "--json"])).unwrap();
     root.ok(&[
@@ -336,7 +301,7 @@ fn podman_loads_what_strata_saves_and_strata_loads_what_podman_saves() {
         eprintln!("SKIPPED: podman is not installed (.ci/run installs it): {e}");
         return;
     }
-    let root = Root::new();
+    let root = ContainerRoot::with_deadline(Duration::from_secs(300));
     root.ok(&["run", "--name", "src", IMAGE, "sh", "-c", SCRIPT]);
     root.ok(&["commit", "src", "interop:1"]);
     let want = root.ok(&["run", "--rm", "interop:1", "sh", "-c", LISTING]);

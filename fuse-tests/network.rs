@@ -26,74 +26,6 @@ fn st(root: &Path, args: &[&str]) -> Out {
     strata_io(root, args, None, DEADLINE)
 }
 
-/// A state root with the sample image loaded; removes its containers, then its networks.
-struct Root {
-    dir: tempfile::TempDir,
-}
-
-impl Root {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let img = sample_image();
-        let r = Root { dir };
-        r.ok(&["load", img.join("oci").to_str().unwrap()]);
-        r
-    }
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-    fn run(&self, args: &[&str]) -> Out {
-        st(self.path(), args)
-    }
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert_eq!(o.code, 0, "strata {args:?}: {o:?}");
-        o.out
-    }
-    fn inspect(&self, c: &str) -> Value {
-        let v: Value = serde_json::from_str(&self.ok(&["inspect", c])).expect("inspect json");
-        v[0].clone()
-    }
-    fn ip(&self, c: &str) -> String {
-        self.inspect(c)["NetworkSettings"]["IPAddress"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    }
-    fn id(&self, c: &str) -> String {
-        self.inspect(c)["Id"].as_str().unwrap().to_string()
-    }
-}
-
-impl Drop for Root {
-    fn drop(&mut self) {
-        let mut shims = Vec::new();
-        if let Ok(rd) = std::fs::read_dir(self.path().join("containers")) {
-            for e in rd.flatten() {
-                let state = std::fs::read(e.path().join("state.json")).unwrap_or_default();
-                if let Ok(v) = serde_json::from_slice::<Value>(&state) {
-                    shims.push(v["ShimPid"].as_i64().unwrap_or(0) as i32);
-                }
-            }
-        }
-        let ids = st(self.path(), &["ps", "-a", "-q", "--no-trunc"]).out;
-        for id in ids.lines() {
-            let _ = st(self.path(), &["rm", "-f", "-v", id]);
-        }
-        for pid in shims {
-            if pid > 0 && Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-            }
-        }
-        let nets = st(self.path(), &["network", "ls", "-q"]).out;
-        for n in nets.lines() {
-            if !matches!(n, "bridge" | "host" | "none") {
-                let _ = st(self.path(), &["network", "rm", n]);
-            }
-        }
-    }
-}
-
 /// `GET path` over HTTP/1.0 to `addr`, bounded; the body, or None.
 fn http_get(addr: &str, path: &str) -> Option<String> {
     let a: SocketAddr = addr.parse().ok()?;
@@ -182,7 +114,7 @@ fn assert_no_leak(id: &str) {
 
 #[test]
 fn published_tcp_and_udp_ports_loopback_bridge_address_hairpin_restart() {
-    let r = Root::new();
+    let r = ContainerRoot::new();
     r.ok(&[
         "run",
         "-d",
@@ -271,7 +203,7 @@ fn published_tcp_and_udp_ports_loopback_bridge_address_hairpin_restart() {
 
 #[test]
 fn a_host_port_in_use_is_a_clear_error_and_leaves_nothing() {
-    let r = Root::new();
+    let r = ContainerRoot::new();
     let _busy = std::net::TcpListener::bind("0.0.0.0:18290").expect("bind 18290");
     let o = r.run(&[
         "run", "-d", "--name", "clash", "-p", "18290:80", IMAGE, "sleep", "100",
@@ -307,7 +239,7 @@ fn a_host_port_in_use_is_a_clear_error_and_leaves_nothing() {
 
 #[test]
 fn host_and_none_modes() {
-    let r = Root::new();
+    let r = ContainerRoot::new();
     let o = r.run(&[
         "run",
         "--rm",
@@ -345,7 +277,7 @@ fn host_and_none_modes() {
 
 #[test]
 fn user_networks_resolve_names_and_aliases_and_are_isolated() {
-    let r = Root::new();
+    let r = ContainerRoot::new();
     let suffix = std::process::id();
     let (na, nb) = (format!("tna{suffix}"), format!("tnb{suffix}"));
     r.ok(&["network", "create", &na]);
@@ -426,7 +358,7 @@ fn user_networks_resolve_names_and_aliases_and_are_isolated() {
 
 #[test]
 fn a_killed_shim_and_many_cycles_leave_no_rule_veth_or_lease() {
-    let r = Root::new();
+    let r = ContainerRoot::new();
     r.ok(&[
         "run", "-d", "--name", "victim", "-p", "18295:80", IMAGE, "httpd", "-f", "-p", "80", "-h",
         "/etc",

@@ -2,8 +2,9 @@
 //!
 //! Everything is done by running `ip`, `nsenter` and `iptables` (iproute2, util-linux and
 //! iptables are on every host that runs containers; the netlink crates are async/tokio, and
-//! a shim is synchronous and must stay small). Every command's failure becomes a
-//! [`NetError::Cmd`] with the command line and its stderr.
+//! a shim is synchronous and must stay small), through the seam in `cmd` (a test replaces the
+//! processes with a recording double). Every command's failure becomes a [`NetError::Cmd`]
+//! with the command line and its stderr.
 //!
 //! - Networks: `bridge` (the default, device `strata0`, 10.213.0.0/24), `host`, `none`, and
 //!   user networks (`<root>/networks/<name>.json`, each its own bridge `strataN`).
@@ -19,7 +20,10 @@
 //! - Names: on a user network, each running member's `/etc/hosts` (a bind-mounted file of its
 //!   state directory) is rewritten in place as peers start and stop.
 
+pub mod cmd;
 mod hosts;
+#[cfg(test)]
+mod planning_tests;
 pub mod ports;
 
 use std::collections::BTreeMap;
@@ -27,11 +31,11 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 use tracing::{info, info_span, warn};
 
+pub(crate) use cmd::{ok, run};
 pub use hosts::hosts_file;
 pub use ports::PortSpec;
 
@@ -164,34 +168,6 @@ fn overlaps(a: (Ipv4Addr, u8), b: (Ipv4Addr, u8)) -> bool {
     let n = a.1.min(b.1);
     let mask = if n == 0 { 0 } else { u32::MAX << (32 - n) };
     u32::from(a.0) & mask == u32::from(b.0) & mask
-}
-
-/// Runs a command; its stdout, or its stderr as the error.
-pub(crate) fn run(prog: &str, args: &[&str]) -> Result<String, NetError> {
-    let out = Command::new(prog)
-        .args(args)
-        .output()
-        .map_err(|e| NetError::Cmd {
-            cmd: format!("{prog} {}", args.join(" ")),
-            msg: e.to_string(),
-        })?;
-    if !out.status.success() {
-        return Err(NetError::Cmd {
-            cmd: format!("{prog} {}", args.join(" ")),
-            msg: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn ok(prog: &str, args: &[&str]) -> bool {
-    Command::new(prog)
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
 }
 
 fn link_exists(name: &str) -> bool {

@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use clap::Parser;
-use strata_testkit::{crashtest as engine, harness};
+use strata_testkit::crashtest as engine;
 
 #[derive(Parser, Debug)]
 #[command(about = "kill -9 the strata daemon during writes; every fsync'ed byte must survive")]
@@ -64,7 +64,7 @@ fn main() {
 }
 
 fn run(args: Args) -> anyhow::Result<bool> {
-    let (image, strata) = harness::tool_inputs(args.image, args.strata, args.kernel)?;
+    let (image, strata) = strata_testkit::tool_inputs(args.image, args.strata, args.kernel)?;
     let exe = std::env::current_exe()?;
     let cfg = engine::Config {
         image_dir: image,

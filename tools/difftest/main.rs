@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use strata_testkit::{difftest as engine, harness};
+use strata_testkit::difftest as engine;
 
 #[derive(Parser, Debug)]
 #[command(about = "strata vs kernel overlayfs: seeded random operation sequences")]
@@ -68,7 +68,7 @@ fn main() {
 }
 
 fn run(args: Args) -> anyhow::Result<bool> {
-    let (image, strata) = harness::tool_inputs(args.image, args.strata, args.both_kernel)?;
+    let (image, strata) = strata_testkit::tool_inputs(args.image, args.strata, args.both_kernel)?;
     let first = args.seed.unwrap_or(1);
     let count = args
         .seeds

@@ -28,8 +28,6 @@
 //! (the page cache survives), so it checks the journal, replay and verification plumbing.
 #![allow(dead_code)]
 
-pub use crate::harness;
-
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{Read as _, Write as _};
@@ -38,8 +36,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use crate::{Overlay, Rng, Strata};
 use anyhow::{Context as _, bail};
-use harness::{Overlay, Rng, Strata};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
@@ -235,7 +233,7 @@ fn workload(a: &ChildArgs) -> Result<usize, String> {
                 let dseed = rng.next_u64();
                 j.intent(&format!("write {} {off} {len} {dseed}", wf.id))
                     .map_err(e("journal".into()))?;
-                let data = harness::fill(dseed, len);
+                let data = crate::fill(dseed, len);
                 wf.f.write_all_at(&data, off)
                     .map_err(e(format!("write {}", wf.path)))?;
                 apply_write(&mut wf.model, off, &data);
@@ -434,7 +432,7 @@ pub fn replay(
                 let id = file(&mut r, num(1)?)?;
                 let (off, len, seed) = (num(2)?, num(3)?, num(4)?);
                 let f = &mut r.files[id];
-                apply_write(&mut f.model, off, &harness::fill(seed, len as usize));
+                apply_write(&mut f.model, off, &crate::fill(seed, len as usize));
                 f.dirty.add(off, off + len);
                 r.intents += 1;
             }
@@ -671,21 +669,21 @@ impl Drop for TrialGuard {
     fn drop(&mut self) {
         if let Some(c) = &mut self.child {
             if c.try_wait().ok().flatten().is_none() {
-                harness::kill9(c.id() as i32);
+                crate::kill9(c.id() as i32);
             }
             let _ = c.wait();
         }
         if let Some(s) = &self.strata {
             let pid = s.daemon_pid(&self.mnt);
             if s.umount(&self.mnt).is_err() {
-                harness::unmount(&self.mnt);
+                crate::unmount(&self.mnt);
             }
             if let Some(pid) = pid {
-                harness::StrataMount::finish(pid);
+                crate::StrataMount::finish(pid);
             }
         }
         drop(self.overlay.take());
-        harness::unmount(&self.mnt);
+        crate::unmount(&self.mnt);
     }
 }
 
@@ -697,8 +695,8 @@ pub fn run(cfg: &Config) -> anyhow::Result<Result<Summary, TrialFailure>> {
             &work.path().join("root"),
             &cfg.image_dir,
         )?),
-        None => Target::Kernel(harness::extract_lowers(
-            &harness::layer_tars(&cfg.image_dir),
+        None => Target::Kernel(crate::extract_lowers(
+            &crate::layer_tars(&cfg.image_dir),
             &work.path().join("lowers"),
         )?),
     };
@@ -804,8 +802,8 @@ fn trial(
     }
     // The crash.
     match daemon {
-        Some(pid) => harness::kill9(pid),
-        None => harness::kill9(g.child.as_ref().unwrap().id() as i32),
+        Some(pid) => crate::kill9(pid),
+        None => crate::kill9(g.child.as_ref().unwrap().id() as i32),
     }
     if let Some(st) = early_exit {
         if st.code() != Some(CHILD_DONE) {
@@ -825,7 +823,7 @@ fn trial(
             break;
         }
         if t.elapsed() > Duration::from_secs(20) {
-            harness::kill9(c.id() as i32);
+            crate::kill9(c.id() as i32);
             let _ = c.wait();
             bail!("the workload hung for 20 s after the daemon was killed");
         }
@@ -841,20 +839,20 @@ fn trial(
         Target::Strata(s) => {
             let pid = daemon.unwrap();
             anyhow::ensure!(
-                harness::wait_exit(pid, Duration::from_secs(10)),
+                crate::wait_exit(pid, Duration::from_secs(10)),
                 "the daemon survived SIGKILL"
             );
             s.umount(&mnt)
                 .context("`strata umount` of the dead mount")?;
             anyhow::ensure!(
-                !harness::is_mounted(&mnt),
+                !crate::is_mounted(&mnt),
                 "still mounted after `strata umount` of the dead mount"
             );
         }
         Target::Kernel(_) => {
             // `umount -l` without sync: nothing is flushed on purpose.
             strata::sys::unmount_lazy(&mnt)?;
-            anyhow::ensure!(harness::unmount(&mnt), "overlay did not go away");
+            anyhow::ensure!(crate::unmount(&mnt), "overlay did not go away");
         }
     }
     mount(&mut g).context("mounting the same layer again after the crash")?;
@@ -878,7 +876,7 @@ fn trial(
     }
     // Regular unmount (the guard's `strata umount`), then the daemon must be gone.
     drop(g);
-    anyhow::ensure!(!harness::is_mounted(&mnt), "still mounted after umount");
+    anyhow::ensure!(!crate::is_mounted(&mnt), "still mounted after umount");
     Ok(errors)
 }
 

@@ -1,40 +1,47 @@
-//! A state root for tests that run containers: the sample image loaded, and on drop every
-//! container removed (`rm -f -v`), then `kill -9` of any shim it recorded that is still
-//! there, even when the test failed.
+//! A state root for tests that run containers: the sample image loaded, every command bounded
+//! by a deadline, and on drop (even when the test failed) every container removed, any shim
+//! still alive killed by PID, and user networks removed.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::common::{Out, sample_image, strata_io};
+use crate::cli::{Out, strata_io};
+use crate::paths::sample_image;
 
+/// How long one command of a [`ContainerRoot`] may take unless said otherwise.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
+/// A state root with the sample image loaded, for tests that run containers. Every command
+/// runs with a deadline (default [`DEADLINE`]: a hung command fails the test instead of hanging it).
+/// On drop, even when the test failed: every container is removed (`rm -f -v`), a shim still
+/// alive after that is killed by PID, and user networks are removed.
 pub struct ContainerRoot {
     dir: tempfile::TempDir,
+    deadline: Duration,
 }
 
 impl ContainerRoot {
     /// A fresh root in a temporary directory, with the sample image loaded.
     pub fn new() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let r = ContainerRoot { dir };
-        r.ok(&[
-            "load",
-            sample_image().join("oci").to_str().expect("utf-8 path"),
-        ]);
-        r
+        ContainerRoot::with_deadline(DEADLINE)
+    }
+
+    /// A root whose commands get `deadline` each.
+    pub fn with_deadline(deadline: Duration) -> Self {
+        ContainerRoot::load(tempfile::tempdir().expect("tempdir"), deadline)
     }
 
     /// A root in `dir` (which must exist and be empty), with the sample image loaded.
     pub fn in_dir(dir: tempfile::TempDir) -> Self {
-        let r = ContainerRoot { dir };
-        r.ok(&[
-            "load",
-            sample_image().join("oci").to_str().expect("utf-8 path"),
-        ]);
+        ContainerRoot::load(dir, DEADLINE)
+    }
+
+    fn load(dir: tempfile::TempDir, deadline: Duration) -> Self {
+        let r = ContainerRoot { dir, deadline };
+        let oci = sample_image().join("oci");
+        r.ok(&["load", oci.to_str().expect("UTF-8 path")]);
         r
     }
 
@@ -42,27 +49,68 @@ impl ContainerRoot {
         self.dir.path()
     }
 
+    /// `strata --root ROOT ARGS…`, bounded by the deadline.
     pub fn run(&self, args: &[&str]) -> Out {
-        strata_io(self.path(), args, None, DEADLINE)
+        strata_io(self.path(), args, None, self.deadline)
     }
 
-    /// Runs strata; panics with its output unless it exits 0.
+    /// [`ContainerRoot::run`]; panics with its output unless it exits 0. Its stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let o = self.run(args);
         assert_eq!(o.code, 0, "strata {args:?}: {o:?}");
         o.out
     }
 
-    /// `inspect` of one container or image.
+    /// [`ContainerRoot::run`]'s exit code.
+    pub fn code(&self, args: &[&str]) -> i32 {
+        self.run(args).code
+    }
+
+    /// `strata inspect C`, the first object.
     pub fn inspect(&self, c: &str) -> Value {
         let v: Value = serde_json::from_str(&self.ok(&["inspect", c])).expect("inspect json");
         v[0].clone()
     }
-}
 
-impl Default for ContainerRoot {
-    fn default() -> Self {
-        Self::new()
+    /// The full ID of container `c`.
+    pub fn id(&self, c: &str) -> String {
+        self.inspect(c)["Id"].as_str().expect("an Id").to_string()
+    }
+
+    /// Every container's full ID.
+    pub fn ids(&self) -> Vec<String> {
+        self.ok(&["ps", "-a", "-q", "--no-trunc"])
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+
+    /// Pids of a running container: (init, shim).
+    pub fn pids(&self, c: &str) -> (i32, i32) {
+        let v = self.inspect(c);
+        (
+            v["State"]["Pid"].as_i64().unwrap_or(0) as i32,
+            v["ShimPid"].as_i64().unwrap_or(0) as i32,
+        )
+    }
+
+    /// The container's address on its network.
+    pub fn ip(&self, c: &str) -> String {
+        self.inspect(c)["NetworkSettings"]["IPAddress"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Lines of the host's mount table that mention this root.
+    pub fn host_mounts(&self) -> Vec<String> {
+        let root = self.path().to_string_lossy().into_owned();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(&root))
+            .map(String::from)
+            .collect()
     }
 }
 
@@ -81,9 +129,16 @@ impl Drop for ContainerRoot {
         for id in ids.lines() {
             let _ = self.run(&["rm", "-f", "-v", id]);
         }
+        // Last resort: shims this test started that are somehow still there.
         for pid in shims {
-            if pid > 0 && Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            if pid > 0 && strata::sys::process_alive(pid) {
+                crate::mounts::kill9(pid);
+            }
+        }
+        let nets = self.run(&["network", "ls", "-q"]).out;
+        for n in nets.lines() {
+            if !matches!(n, "bridge" | "host" | "none") {
+                let _ = self.run(&["network", "rm", n]);
             }
         }
     }

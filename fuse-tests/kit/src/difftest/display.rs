@@ -2,47 +2,6 @@
 
 use super::*;
 
-/// Printable form of a path or name: UTF-8 as is, other bytes escaped, long runs of one
-/// character (the 255/256-byte names) abbreviated as `{c×N}`.
-pub fn show(p: &[u8]) -> String {
-    let mut out = String::new();
-    let mut i = 0;
-    while i < p.len() {
-        let run = p[i..].iter().take_while(|&&c| c == p[i]).count();
-        if run >= 16 {
-            out.push_str(&format!("{{{}×{run}}}", p[i] as char));
-            i += run;
-            continue;
-        }
-        let rest = &p[i..];
-        let valid = match std::str::from_utf8(rest) {
-            Ok(s) => s.len(),
-            Err(e) => e.valid_up_to(),
-        };
-        if valid > 0 {
-            let s = std::str::from_utf8(&rest[..valid]).unwrap();
-            // Stop before the next long run so it gets abbreviated.
-            let mut take = 0;
-            for (j, ch) in s.char_indices() {
-                let r = rest[j..].iter().take_while(|&&c| c == rest[j]).count();
-                if r >= 16 {
-                    break;
-                }
-                take = j + ch.len_utf8();
-            }
-            if take == 0 {
-                take = s.chars().next().unwrap().len_utf8();
-            }
-            out.push_str(&s[..take]);
-            i += take;
-        } else {
-            out.push_str(&format!("\\x{:02x}", p[i]));
-            i += 1;
-        }
-    }
-    out
-}
-
 fn show_flags(flags: u32, with_access: bool) -> String {
     let acc = match flags & 3 {
         0 => "O_RDONLY",

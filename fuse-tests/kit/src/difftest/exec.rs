@@ -131,7 +131,7 @@ impl Side {
     }
 
     fn data(&self, seed: u64, len: usize, off: Option<u64>) -> Vec<u8> {
-        let mut d = harness::fill(seed, len);
+        let mut d = crate::fill(seed, len);
         if self.fault == Some(Fault::FlipLateWriteByte) && len >= 2 && off.unwrap_or(0) >= 4096 {
             d[len - 1] ^= 0xff;
         }

@@ -14,7 +14,7 @@ pub struct Pool {
 
 impl Pool {
     pub(super) fn learn(mnt: &Path, lowers: &[PathBuf]) -> anyhow::Result<Pool> {
-        let snap = Snapshot::take(mnt).map_err(|e| anyhow::anyhow!(e))?;
+        let snap = Snapshot::try_take(mnt).map_err(|e| anyhow::anyhow!(e))?;
         let lower: Vec<(Vec<u8>, char)> = snap
             .entries
             .iter()
@@ -567,7 +567,7 @@ impl Gen {
                 Op::SetXattr {
                     path: self.path(),
                     name: self.xattr_name(false),
-                    value: harness::fill(self.rng.next_u64(), len as usize),
+                    value: crate::fill(self.rng.next_u64(), len as usize),
                     flags: *self.rng.pick(&[0, 0, 1, 2]),
                 }
             }

@@ -24,21 +24,20 @@
 //! seed.
 #![allow(dead_code)]
 
-pub use crate::harness;
-
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::ffi::{CString, OsStr};
+use std::ffi::CString;
 use std::fmt;
-use std::io::Read as _;
 use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirEntryExt, FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::{Overlay, Rng, Strata, StrataMount};
 use anyhow::Context as _;
-use harness::{Overlay, Rng, Strata, StrataMount};
+
+pub use crate::snapshot::{Meta, Snapshot, St, show};
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
 use sha2::{Digest as _, Sha256};
 
@@ -48,14 +47,13 @@ mod exec;
 mod generate;
 mod ops;
 mod shrink;
-mod snapshot;
+mod trees;
 
 pub use compare::*;
-pub use display::*;
 pub use exec::*;
 pub use generate::*;
 pub use ops::*;
-pub use snapshot::*;
+pub use trees::*;
 
 pub struct Config {
     /// The sample image directory (`layers/*.tar`, `oci/`).
@@ -186,7 +184,7 @@ impl Watchdog {
                 if st.deadline.is_some_and(|d| Instant::now() > d) {
                     eprintln!("difftest: HUNG: {}", st.what);
                     for &p in &st.pids {
-                        harness::kill9(p);
+                        crate::kill9(p);
                     }
                     for m in &st.mounts {
                         let _ = strata::sys::unmount_lazy(m);
@@ -313,13 +311,13 @@ impl Tester {
             Some(p) => tempfile::Builder::new().prefix("difftest-").tempdir_in(p)?,
             None => tempfile::Builder::new().prefix("difftest-").tempdir()?,
         };
-        let layers = harness::layer_tars(&cfg.image_dir);
+        let layers = crate::layer_tars(&cfg.image_dir);
         anyhow::ensure!(
             !layers.is_empty(),
             "no layers in {}",
             cfg.image_dir.display()
         );
-        let lowers = harness::extract_lowers(&layers, &work.path().join("lowers"))?;
+        let lowers = crate::extract_lowers(&layers, &work.path().join("lowers"))?;
         let a = Overlay::new(&lowers, &work.path().join("kernel"))?;
         let b = match &cfg.strata {
             None => SideB::Kernel(Overlay::new(&lowers, &work.path().join("kernel-b"))?),
@@ -420,8 +418,8 @@ impl Tester {
         b.close_all();
         self.watchdog
             .arm(limit, || "the final tree comparison did not finish".into());
-        let sa = Snapshot::take(&mnt_a);
-        let sb = Snapshot::take(&mnt_b);
+        let sa = Snapshot::try_take(&mnt_a);
+        let sb = Snapshot::try_take(&mnt_b);
         self.watchdog.disarm();
         let sa = sa.map_err(|e| anyhow::anyhow!("walking the kernel tree: {e}"))?;
         let outcome = match sb {

@@ -1,6 +1,8 @@
 //! The operations a sequence is made of, their results, and the faults a broken side B can
 //! inject (engine self-test).
 
+use crate::snapshot::St;
+
 /// Open-descriptor slots per side: `open` fills one, `write`/`read`/… use it, so sequences
 /// exercise descriptors that outlive renames, unlinks and copy-ups.
 pub const SLOTS: usize = 4;
@@ -163,20 +165,6 @@ pub enum Val {
 }
 
 pub type Res = Result<Val, i32>;
-
-/// The `stat` fields the tester looks at. `ino` is only used to count names (never compared).
-#[derive(Clone, Debug, PartialEq)]
-pub struct St {
-    pub kind: char,
-    pub perm: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub size: u64,
-    pub rdev: u64,
-    pub nlink: u64,
-    pub mtime: (i64, i64),
-    pub ino: u64,
-}
 
 /// Deliberate misbehaviour of side B, to test that the engine detects and shrinks.
 #[derive(Clone, Copy, Debug, PartialEq)]
