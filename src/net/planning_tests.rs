@@ -95,15 +95,20 @@ fn base_chains_and_jumps_are_added_once() {
             "run: iptables -w 5 -t nat -N STRATA",
             "run: iptables -w 5 -t nat -N STRATA-POSTROUTING",
             "run: iptables -w 5 -t filter -N STRATA-FORWARD",
-            "run: iptables -w 5 -t nat -A PREROUTING -m addrtype --dst-type LOCAL -j STRATA",
+            "run: iptables -w 5 -t filter -N STRATA-INPUT",
         ]
     );
-    assert!(
-        made.iter()
-            .any(|l| *l == "run: iptables -w 5 -t filter -I FORWARD 1 -j STRATA-FORWARD"),
-        "{made:?}"
-    );
-    assert_eq!(made.len(), 3 + 4 + 4, "{made:#?}");
+    for rule in [
+        "run: iptables -w 5 -t filter -I FORWARD 1 -j STRATA-FORWARD",
+        "run: iptables -w 5 -t filter -I INPUT 1 -j STRATA-INPUT",
+        // CVE-2020-8558: nothing new from a bridge to the host's 127.0.0.0/8.
+        "run: iptables -w 5 -t filter -A STRATA-INPUT -i strata+ -d 127.0.0.0/8 -m conntrack \
+         ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP",
+    ] {
+        assert!(made.iter().any(|l| *l == rule), "{rule} missing: {made:#?}");
+    }
+    // 4 chains, 5 jumps, 4 forward rules, 1 input rule.
+    assert_eq!(made.len(), 4 + 5 + 4 + 1, "{made:#?}");
     // All there: only checks, no change.
     let again = recorded(
         Recorder {
@@ -113,7 +118,7 @@ fn base_chains_and_jumps_are_added_once() {
         || ensure_base().unwrap(),
     );
     assert!(again.iter().all(|l| l.starts_with("ok: ")), "{again:#?}");
-    assert_eq!(again.len(), 3 + 4 + 4);
+    assert_eq!(again.len(), 4 + 5 + 4 + 1);
 }
 
 #[test]
