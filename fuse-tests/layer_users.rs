@@ -178,6 +178,16 @@ fn rmi_refuses_the_image_of_a_container_until_rm() {
     let (code, _, err) = rmi(&root, &[SAMPLE]);
     assert_eq!(code, 125, "{err}");
     assert!(err.contains("container keeper"), "{err}");
+    // A container made by a strata from before layer users were recorded has no record:
+    // rmi records it first, and still refuses.
+    for e in std::fs::read_dir(root.join("users")).unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with("container-") {
+            std::fs::remove_file(e.path()).unwrap();
+        }
+    }
+    let (code, _, err) = rmi(&root, &[SAMPLE]);
+    assert_eq!(code, 125, "{err}");
+    assert!(err.contains("container keeper"), "{err}");
 
     let (code, out, err) = rmi(&root, &["-f", SAMPLE]);
     assert_eq!(code, 0, "{err}");

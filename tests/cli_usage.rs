@@ -151,7 +151,13 @@ fn every_subcommand_reports_a_bad_argument_as_strata_error_125() {
         &["network", "nosuch"][..],
         &[][..],
     ] {
-        assert_strata_error(args, strata(&root, args));
+        let run = strata(&root, args);
+        assert!(
+            !run.2.contains("__"),
+            "{args:?}: internal commands shown: {}",
+            run.2
+        );
+        assert_strata_error(args, run);
     }
     // Several names, some bad: each failure on its own line, one format.
     let (code, _, err) = strata(&root, &["rmi", "nosuch1", "nosuch2"]);

@@ -97,6 +97,10 @@ pub fn tag(root: &Path, source: &str, target: &str) -> anyhow::Result<i32> {
 
 pub fn rmi(root: &Path, images: &[String], force: bool) -> anyhow::Result<i32> {
     let store = ImageStore::open(root)?;
+    // Containers made before layer users were recorded get their record now.
+    if root.join("containers").is_dir() {
+        crate::runtime::Runtime::open(root)?.record_layer_users()?;
+    }
     let mut failed = 0;
     for reference in images {
         match store.remove(reference, force) {

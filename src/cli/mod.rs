@@ -151,6 +151,32 @@ pub fn usage_error(e: clap::Error) -> i32 {
             eprint!("strata: a subcommand is needed\n\n{}", e.render());
             EXIT_TOOL_ERROR
         }
+        ErrorKind::MissingSubcommand => {
+            // The same, when `--root` or STRATA_ROOT counts as an argument. clap's own text
+            // lists the hidden internal commands too: name the visible ones only.
+            use clap::error::{ContextKind, ContextValue};
+            let typed = match e.get(ContextKind::InvalidSubcommand) {
+                Some(ContextValue::String(s)) => s.clone(),
+                _ => "strata".to_string(),
+            };
+            let mut cmd = Cli::command();
+            for name in typed.split_whitespace().skip(1) {
+                match cmd.find_subcommand(name) {
+                    Some(sub) => cmd = sub.clone(),
+                    None => break,
+                }
+            }
+            let visible: Vec<&str> = cmd
+                .get_subcommands()
+                .filter(|c| !c.is_hide_set())
+                .map(|c| c.get_name())
+                .collect();
+            eprintln!(
+                "strata: '{typed}' needs a subcommand: {}\n\nFor more information, try '{typed} --help'.",
+                visible.join(", ")
+            );
+            EXIT_TOOL_ERROR
+        }
         _ => {
             let text = e.render().to_string();
             eprint!("strata: {}", text.strip_prefix("error: ").unwrap_or(&text));

@@ -239,9 +239,18 @@ fn serve_image(
 ) -> anyhow::Result<i32> {
     let span = info_span!("mount", image = args.image, mountpoint = %mountpoint.display(), rw = layer.is_some());
     let _g = span.enter();
+    // Catch the termination signals before the mount exists: one that comes as soon as the
+    // mount shows up must unmount it, not kill this process and leave a dead mount behind.
+    let signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ])?;
     let user = User::this_mount(mountpoint);
     store.hold(image, user.clone())?;
-    let result = serve_held(root, store, image, args, mountpoint, layer, say_ready);
+    let result = serve_held(
+        root, store, image, args, mountpoint, layer, say_ready, signals,
+    );
     // The mount is gone: so is this user; free what an `rmi -f` left to free.
     let _ = store.release(&user);
     if let Err(e) = store.gc() {
@@ -250,6 +259,7 @@ fn serve_image(
     result
 }
 
+#[allow(clippy::too_many_arguments)]
 fn serve_held(
     root: &Path,
     store: &ImageStore,
@@ -258,16 +268,10 @@ fn serve_held(
     mountpoint: &Path,
     layer: Option<&Path>,
     say_ready: bool,
+    signals: signal_hook::iterator::Signals,
 ) -> anyhow::Result<i32> {
     let started = Instant::now();
     let layers = &image.layers;
-    // Caught from before the mount exists: a signal that comes as soon as the mount is
-    // visible must unmount it, not kill the process under it.
-    let signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGHUP,
-    ])?;
     match layer {
         Some(dir) => {
             let filesystem = fs::read_write(store.layers(), layers, dir)?;
@@ -283,26 +287,27 @@ fn serve_held(
             let config = fs::read_write_config(FSNAME, args.threads);
             let session = fs::mount(filesystem, mountpoint, &config)?;
             info!(elapsed_ms = started.elapsed().as_millis() as u64, "mounted");
-            serve_session(root, session, signals, &args.image, mountpoint, say_ready)
+            serve_session(root, session, &args.image, mountpoint, say_ready, signals)
         }
         None => {
             let filesystem = fs::read_only(store.layers(), layers)?.with_mode(args.io.mode());
             let config = fs::read_only_config(FSNAME, args.threads);
             let session = fs::mount(filesystem, mountpoint, &config)?;
             info!(elapsed_ms = started.elapsed().as_millis() as u64, "mounted");
-            serve_session(root, session, signals, &args.image, mountpoint, say_ready)
+            serve_session(root, session, &args.image, mountpoint, say_ready, signals)
         }
     }
 }
 
-/// Records the mount, serves it until it is unmounted (by a signal or from outside), cleans up.
+/// Records the mount, serves it until it is unmounted (by one of `signals` or from outside),
+/// cleans up.
 fn serve_session<F: fuser::Filesystem>(
     root: &Path,
     mut session: fuser::Session<F>,
-    mut signals: signal_hook::iterator::Signals,
     image: &str,
     mountpoint: &Path,
     say_ready: bool,
+    mut signals: signal_hook::iterator::Signals,
 ) -> anyhow::Result<i32> {
     let record = record_path(root, mountpoint);
     std::fs::create_dir_all(root.join("mounts"))?;

@@ -96,18 +96,29 @@ fn base_chains_and_jumps_are_added_once() {
         "run: iptables -w 5 -t nat -N STRATA",
         "run: iptables -w 5 -t nat -N STRATA-POSTROUTING",
         "run: iptables -w 5 -t filter -N STRATA-FORWARD",
+        "run: iptables -w 5 -t filter -N STRATA-INPUT",
         "run: iptables -w 5 -t nat -A PREROUTING -m addrtype --dst-type LOCAL -j STRATA",
         "run: iptables -w 5 -t nat -A OUTPUT -m addrtype --dst-type LOCAL -j STRATA",
         "run: iptables -w 5 -t nat -A POSTROUTING -j STRATA-POSTROUTING",
         "run: iptables -w 5 -t filter -I FORWARD 1 -j STRATA-FORWARD",
+        "run: iptables -w 5 -t filter -I INPUT 1 -j STRATA-INPUT",
+        // CVE-2020-8558: nothing new from a bridge to the host's 127.0.0.0/8.
+        "run: iptables -w 5 -t filter -A STRATA-INPUT -i strata+ -d 127.0.0.0/8 -m conntrack \
+         ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP",
     ] {
         assert!(made.iter().any(|l| *l == want), "{want} missing: {made:#?}");
     }
+    // 4 chains, 5 jumps, 4 forward rules, 1 input rule.
+    assert_eq!(made.len(), 4 + 5 + 4 + 1, "{made:#?}");
     // A chain is created before any rule that jumps to it.
     let at = |want: &str| made.iter().position(|l| *l == want).unwrap();
     assert!(
         at("run: iptables -w 5 -t nat -N STRATA")
             < at("run: iptables -w 5 -t nat -A PREROUTING -m addrtype --dst-type LOCAL -j STRATA")
+    );
+    assert!(
+        at("run: iptables -w 5 -t filter -N STRATA-INPUT")
+            < at("run: iptables -w 5 -t filter -I INPUT 1 -j STRATA-INPUT")
     );
     // All there: the same checks, and no change.
     let again = recorded(

@@ -208,6 +208,28 @@ impl Runtime {
         Ok(c)
     }
 
+    /// Records every container as a user of its image's layers (see `image::users`).
+    /// Containers created by a strata from before layer users were recorded have no record;
+    /// `rmi` calls this first, so it can never delete the layers under such a container.
+    /// Recording a container again changes nothing.
+    pub fn record_layer_users(&self) -> Result<(), RuntimeError> {
+        let images = ImageStore::open(&self.root)?;
+        for c in self.list()? {
+            let Ok(image) = images.resolve(&c.meta.image_id) else {
+                continue; // its image is gone; so is what a record would protect
+            };
+            images.hold(
+                &image,
+                crate::image::User::Container {
+                    id: c.id.clone(),
+                    name: c.meta.name.clone(),
+                    dir: c.dir.clone(),
+                },
+            )?;
+        }
+        Ok(())
+    }
+
     /// Every container, oldest first.
     pub fn list(&self) -> Result<Vec<Container>, RuntimeError> {
         let mut out = Vec::new();

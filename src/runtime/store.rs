@@ -312,12 +312,7 @@ pub fn write_state(dir: &Path, state: &State) -> Result<(), RuntimeError> {
 }
 
 /// Start time of a process (clock ticks since boot, field 22 of /proc/PID/stat).
-pub fn process_start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces and parentheses: split after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
+pub use crate::sys::process_start_time;
 
 /// Whether `pid` is still the process that was recorded with start time `start`, and alive
 /// (a zombie that nobody reaps counts as gone).
