@@ -3,6 +3,8 @@
 //! Nothing here decides semantics; it converts types, keeps file and directory handles, and
 //! picks the cache flags. Reads and writes go through userspace: with FUSE passthrough the
 //! kernel allows one backing file per inode, and a lower file being copied up would need two.
+//! FLUSH is answered `ENOSYS`, which turns it off for the connection: `close` costs no round
+//! trip (write-behind errors are reported at `fsync`, as the kernel reports writeback errors).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -35,29 +37,47 @@ pub struct WritableFs {
     view: Arc<View>,
     /// Open files: handle → inode.
     files: Mutex<HashMap<u64, u64>>,
-    /// Open directories: a listing taken at `opendir`, so entries removed while a reader walks
-    /// the directory never make it skip others (`rm -rf`).
-    dirs: Mutex<HashMap<u64, DirSnapshot>>,
+    /// Open directories: a listing taken when a reader starts at offset 0, so entries removed
+    /// while it walks the directory never make it skip others (`rm -rf`). `None` until then
+    /// (a warm walk whose listing the kernel has cached never reads it).
+    dirs: Mutex<HashMap<u64, Option<DirSnapshot>>>,
     next_fh: AtomicU64,
 }
 
 impl WritableFs {
     pub fn new(view: View) -> Self {
+        let view = Arc::new(view);
+        view.start_write_behind();
         WritableFs {
-            view: Arc::new(view),
+            view,
             files: Mutex::default(),
             dirs: Mutex::default(),
             next_fh: AtomicU64::new(1),
         }
     }
 
-    /// The listing `opendir` took for handle `fh`.
-    fn snapshot(&self, fh: FileHandle) -> Option<DirSnapshot> {
-        self.dirs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&fh.0)
-            .cloned()
+    /// The listing of directory `ino` for handle `fh`: taken now when the reader starts at
+    /// offset 0 (or `rewinddir`), else the one it took then.
+    fn snapshot(&self, ino: u64, fh: FileHandle, offset: u64) -> Result<DirSnapshot, Errno> {
+        if offset != 0
+            && let Some(Some(s)) = self
+                .dirs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&fh.0)
+        {
+            return Ok(s.clone());
+        }
+        let (parent, mut entries) = self.view.readdir(ino).map_err(e)?;
+        entries.insert(0, (b".."[..].into(), parent, FileKind::Dir));
+        entries.insert(0, (b"."[..].into(), ino, FileKind::Dir));
+        let snap = Arc::new(entries);
+        let mut dirs = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
+        match dirs.get_mut(&fh.0) {
+            Some(slot) => *slot = Some(snap.clone()),
+            None => return Err(Errno::EBADF),
+        }
+        Ok(snap)
     }
 
     fn fh(&self) -> u64 {
@@ -438,6 +458,7 @@ impl Filesystem for WritableFs {
         }
     }
 
+    /// Nothing to do at `close`: `ENOSYS` tells the kernel never to send FLUSH again.
     fn flush(
         &self,
         _req: &Request,
@@ -446,7 +467,7 @@ impl Filesystem for WritableFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        reply.error(Errno::ENOSYS);
     }
 
     #[instrument(level = "debug", skip_all, fields(ino = ino.0))]
@@ -503,15 +524,14 @@ impl Filesystem for WritableFs {
 
     #[instrument(level = "debug", skip_all, fields(ino = ino.0))]
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.view.readdir(ino.0) {
-            Ok((parent, mut entries)) => {
-                entries.insert(0, (b".."[..].into(), parent, FileKind::Dir));
-                entries.insert(0, (b"."[..].into(), ino.0, FileKind::Dir));
+        match self.view.getattr(ino.0) {
+            Ok(a) if a.kind != FileKind::Dir => reply.error(Errno::ENOTDIR),
+            Ok(_) => {
                 let fh = self.fh();
                 self.dirs
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(fh, Arc::new(entries));
+                    .insert(fh, None);
                 reply.opened(
                     FileHandle(fh),
                     FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
@@ -545,9 +565,9 @@ impl Filesystem for WritableFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let _ = ino;
-        let Some(snap) = self.snapshot(fh) else {
-            return reply.error(Errno::EBADF);
+        let snap = match self.snapshot(ino.0, fh, offset) {
+            Ok(s) => s,
+            Err(x) => return reply.error(x),
         };
         for (i, (name, child, kind)) in snap.iter().enumerate().skip(offset as usize) {
             if reply.add(
@@ -571,9 +591,9 @@ impl Filesystem for WritableFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let _ = ino;
-        let Some(snap) = self.snapshot(fh) else {
-            return reply.error(Errno::EBADF);
+        let snap = match self.snapshot(ino.0, fh, offset) {
+            Ok(s) => s,
+            Err(x) => return reply.error(x),
         };
         for (i, (name, child, _)) in snap.iter().enumerate().skip(offset as usize) {
             // An entry removed since opendir is skipped rather than shown stale.
