@@ -5,6 +5,10 @@
 //! kernel allows one backing file per inode, and a lower file being copied up would need two.
 //! FLUSH is answered `ENOSYS`, which turns it off for the connection: `close` costs no round
 //! trip (write-behind errors are reported at `fsync`, as the kernel reports writeback errors).
+//! OPEN is answered `ENOSYS` too (no OPEN/RELEASE round trips for opening existing files; the
+//! kernel keeps their page cache): an unlinked file stays alive while the kernel holds a
+//! reference to it (every entry reply counts one, FORGET drops them), which covers open files.
+//! Without atomic O_TRUNC the kernel truncates with SETATTR.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -78,6 +82,12 @@ impl WritableFs {
             None => return Err(Errno::EBADF),
         }
         Ok(snap)
+    }
+
+    /// Replies with an entry: the kernel holds one more reference to it from now on.
+    fn entry(&self, reply: ReplyEntry, a: &Attr) {
+        self.view.remember(&[a.ino]);
+        reply.entry(&TTL, &fattr(a), Generation(0));
     }
 
     fn fh(&self) -> u64 {
@@ -166,8 +176,7 @@ impl Filesystem for WritableFs {
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_MAX_PAGES
-            | InitFlags::FUSE_ATOMIC_O_TRUNC;
+            | InitFlags::FUSE_MAX_PAGES;
         let _ = config.add_capabilities(wanted & config.capabilities());
         Ok(())
     }
@@ -179,9 +188,14 @@ impl Filesystem for WritableFs {
     #[instrument(level = "debug", skip_all, fields(parent = parent.0, name = ?name))]
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.view.lookup(parent.0, name.as_bytes()) {
-            Ok(a) => reply.entry(&TTL, &fattr(&a), Generation(0)),
+            Ok(a) => self.entry(reply, &a),
             Err(x) => reply.error(e(x)),
         }
+    }
+
+    /// (fuser's `batch_forget` comes here once per inode.)
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.view.forget(&[(ino.0, nlookup)]);
     }
 
     #[instrument(level = "debug", skip_all, fields(ino = ino.0))]
@@ -249,7 +263,7 @@ impl Filesystem for WritableFs {
             .view
             .make(who(req), parent.0, name.as_bytes(), mode, rdev, None)
         {
-            Ok(a) => reply.entry(&TTL, &fattr(&a), Generation(0)),
+            Ok(a) => self.entry(reply, &a),
             Err(x) => reply.error(e(x)),
         }
     }
@@ -272,7 +286,7 @@ impl Filesystem for WritableFs {
             0,
             None,
         ) {
-            Ok(a) => reply.entry(&TTL, &fattr(&a), Generation(0)),
+            Ok(a) => self.entry(reply, &a),
             Err(x) => reply.error(e(x)),
         }
     }
@@ -295,7 +309,7 @@ impl Filesystem for WritableFs {
             0,
             Some(target),
         ) {
-            Ok(a) => reply.entry(&TTL, &fattr(&a), Generation(0)),
+            Ok(a) => self.entry(reply, &a),
             Err(x) => reply.error(e(x)),
         }
     }
@@ -349,37 +363,15 @@ impl Filesystem for WritableFs {
         reply: ReplyEntry,
     ) {
         match self.view.link(ino.0, newparent.0, newname.as_bytes()) {
-            Ok(a) => reply.entry(&TTL, &fattr(&a), Generation(0)),
+            Ok(a) => self.entry(reply, &a),
             Err(x) => reply.error(e(x)),
         }
     }
 
-    #[instrument(level = "debug", skip_all, fields(ino = ino.0))]
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if let Err(x) = self.view.open(ino.0) {
-            return reply.error(e(x));
-        }
-        // Linux truncates on O_TRUNC whatever the access mode (the kernel has checked write
-        // permission already).
-        if flags.0 & libc::O_TRUNC != 0
-            && let Err(x) = self.view.setattr(
-                ino.0,
-                &SetAttr {
-                    size: Some(0),
-                    ..Default::default()
-                },
-            )
-        {
-            let _ = self.view.release(ino.0);
-            return reply.error(e(x));
-        }
-        let fh = self.fh();
-        self.files
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(fh, ino.0);
-        // Without O_TRUNC the cached pages are still right: every write came through here.
-        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+    /// `ENOSYS` once turns OPEN (and RELEASE) off for the connection: opening an existing file
+    /// costs no round trip. Reads, writes and fsync name the inode, which is all the view needs.
+    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.error(Errno::ENOSYS);
     }
 
     #[instrument(level = "debug", skip_all, fields(parent = parent.0, name = ?name))]
@@ -407,6 +399,7 @@ impl Filesystem for WritableFs {
         if let Err(x) = self.view.open(a.ino) {
             return reply.error(e(x));
         }
+        self.view.remember(&[a.ino]);
         let fh = self.fh();
         self.files
             .lock()
@@ -595,6 +588,7 @@ impl Filesystem for WritableFs {
             Ok(s) => s,
             Err(x) => return reply.error(x),
         };
+        let mut given = Vec::new();
         for (i, (name, child, _)) in snap.iter().enumerate().skip(offset as usize) {
             // An entry removed since opendir is skipped rather than shown stale.
             let Ok(a) = self.view.getattr(*child) else {
@@ -610,7 +604,12 @@ impl Filesystem for WritableFs {
             ) {
                 break;
             }
+            // The kernel takes a reference to every entry but `.` and `..`.
+            if i >= 2 {
+                given.push(*child);
+            }
         }
+        self.view.remember(&given);
         reply.ok();
     }
 

@@ -63,17 +63,51 @@ impl View {
         };
         if left == 0 {
             st.open.remove(&ino);
-            if st
-                .inodes
-                .get(&ino)
-                .is_some_and(|i| i.nlink == 0 && i.kind != FileKind::Dir)
-            {
-                self.free(&mut st, ino);
-            }
+            self.free_if_orphan(&mut st, ino);
         }
         match st.dirty.take_error(ino) {
             Some(errno) => Err(errno),
             None => Ok(()),
+        }
+    }
+
+    /// Frees `ino` if it has no name, no open handle and no kernel reference left.
+    fn free_if_orphan(&self, st: &mut State, ino: u64) {
+        if !st.open.contains_key(&ino)
+            && !st.lookups.contains_key(&ino)
+            && st
+                .inodes
+                .get(&ino)
+                .is_some_and(|i| i.nlink == 0 && i.kind != FileKind::Dir)
+        {
+            self.free(st, ino);
+        }
+    }
+
+    /// The kernel now holds one more reference to each of `inos` (an entry it was given by
+    /// lookup, create, mknod, mkdir, symlink, link or readdirplus).
+    pub fn remember(&self, inos: &[u64]) {
+        let mut st = self.lock();
+        for &ino in inos {
+            if ino != crate::fs::tree::ROOT_INO {
+                *st.lookups.entry(ino).or_default() += 1;
+            }
+        }
+    }
+
+    /// The kernel dropped `n` references to each inode (FORGET); an unlinked inode it no longer
+    /// knows and nobody has open is freed.
+    pub fn forget(&self, nodes: &[(u64, u64)]) {
+        let mut st = self.lock();
+        for &(ino, n) in nodes {
+            let Some(left) = st.lookups.get_mut(&ino) else {
+                continue;
+            };
+            *left = left.saturating_sub(n);
+            if *left == 0 {
+                st.lookups.remove(&ino);
+                self.free_if_orphan(&mut st, ino);
+            }
         }
     }
 

@@ -90,8 +90,10 @@ struct State {
     dirs: HashMap<u64, BTreeMap<Box<[u8]>, u64>>,
     chunks: HashMap<u64, Vec<u8>>,
     next_ino: u64,
-    /// Open handles per inode: an unlinked inode lives until the last one closes.
+    /// Open handles per inode (`open`/`release`), and the kernel's references (lookup counts:
+    /// `remember`/`forget`): an unlinked inode lives until both are gone.
     open: HashMap<u64, u32>,
+    lookups: HashMap<u64, u64>,
     /// Records changed in memory and not yet written to the layer.
     dirty: Dirty,
 }
@@ -229,6 +231,7 @@ impl View {
                 chunks: l.chunks,
                 next_ino: l.next_ino,
                 open: HashMap::new(),
+                lookups: HashMap::new(),
                 dirty: Dirty::default(),
             }),
             files: Mutex::new(HashMap::new()),

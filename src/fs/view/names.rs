@@ -114,6 +114,7 @@ impl View {
     /// Drops one name of `ino`; frees it when no name and no open handle is left.
     fn drop_link(&self, st: &mut State, ino: u64, now: Ts) -> Res<()> {
         let open = st.open.get(&ino).copied().unwrap_or(0);
+        let held = st.lookups.contains_key(&ino);
         let i = self.record_mut(st, ino)?;
         i.nlink = if i.kind == FileKind::Dir {
             0
@@ -121,7 +122,9 @@ impl View {
             i.nlink.saturating_sub(1)
         };
         i.ctime = now;
-        if i.nlink == 0 && open == 0 {
+        // A directory goes now (its entries are gone); a file the kernel still knows (open
+        // somewhere, or cached) lives until it forgets it.
+        if i.nlink == 0 && open == 0 && (i.kind == FileKind::Dir || !held) {
             self.free(st, ino);
         }
         Ok(())
