@@ -221,3 +221,52 @@ fn verification_catches_lost_bytes_torn_renames_and_strays() {
     std::fs::write(root.join("etc/motd"), &after[..3]).unwrap();
     fails("an fsync'ed tail lost");
 }
+
+#[test]
+fn verification_catches_resurrected_unlinks_and_lost_modes() {
+    use std::os::unix::fs::PermissionsExt;
+    let sha = |d: &[u8]| {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(d))
+    };
+    let text = format!(
+        "dir crash\n\
+         create 0 crash/a\n\
+         durable-name 0 crash/a\n\
+         durable 0 0 {e}\n\
+         create 1 crash/b\n\
+         durable-name 1 crash/b\n\
+         durable 1 0 {e}\n\
+         create 2 crash/c\n\
+         durable-name 2 crash/c\n\
+         durable 2 0 {e}\n\
+         unlink 0\n\
+         durable-unlink 0\n\
+         unlink 1\n\
+         chmod 2 416\n\
+         durable-mode 2 416\n",
+        e = sha(b"")
+    );
+    let r = engine::replay(&text, &|_| Ok(vec![])).unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path();
+    std::fs::create_dir_all(root.join("crash/sub")).unwrap();
+    let c = root.join("crash/c");
+    std::fs::write(&c, b"").unwrap();
+    std::fs::set_permissions(&c, std::fs::Permissions::from_mode(0o640)).unwrap();
+    // b's unlink was not durable: present or gone are both right.
+    assert!(engine::verify(root, &r).is_ok());
+    std::fs::write(root.join("crash/b"), b"").unwrap();
+    assert!(engine::verify(root, &r).is_ok());
+    std::fs::write(root.join("crash/a"), b"").unwrap();
+    assert!(
+        engine::verify(root, &r).is_err(),
+        "a durably unlinked file came back"
+    );
+    std::fs::remove_file(root.join("crash/a")).unwrap();
+    std::fs::set_permissions(&c, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(
+        engine::verify(root, &r).is_err(),
+        "an fsync'ed mode was lost"
+    );
+}

@@ -34,7 +34,12 @@ ROWS = [
     ("rss_bench", "daemon peak RSS, bench (MiB)", "rss"),
     ("rss_bench50", "daemon peak RSS, bench50 (MiB)", "rss"),
     ("write", "writable mount of bench, a fresh one per round", "section"),
+    ("rw_seq_read_warm", "seq read {big}, warm", "time"),
+    ("rw_stat_walk_warm", "stat-walk of the whole mount, warm", "time"),
+    ("rw_small_read_warm", "read {small} small files, warm", "time"),
     ("write_untar", "untar {untar_files} files + sync", "time"),
+    ("rss_untar_rw", "daemon peak RSS after the untar (MiB)", "rss"),
+    ("disk_untar_rw", "upper / layer dir disk use after the untar (MiB)", "size"),
     ("write_create", "create {write_n} empty files", "time"),
     ("write_unlink", "unlink {write_n} files", "time"),
     ("write_mkdir", "mkdir {write_n} dirs", "time"),
@@ -82,7 +87,7 @@ def summarize(vals):
 
 
 def part_of(key):
-    return "write" if key.startswith(("write", "disk_", "rss_rw")) else "read"
+    return "write" if key.startswith(("write", "disk_", "rss_rw", "rss_untar", "rw_")) else "read"
 
 
 def fmt_time(v):

@@ -3,6 +3,12 @@
 //! Nothing here decides semantics; it converts types, keeps file and directory handles, and
 //! picks the cache flags. Reads and writes go through userspace: with FUSE passthrough the
 //! kernel allows one backing file per inode, and a lower file being copied up would need two.
+//! FLUSH is answered `ENOSYS`, which turns it off for the connection: `close` costs no round
+//! trip (write-behind errors are reported at `fsync`, as the kernel reports writeback errors).
+//! OPEN is answered `ENOSYS` too (no OPEN/RELEASE round trips for opening existing files; the
+//! kernel keeps their page cache): an unlinked file stays alive while the kernel holds a
+//! reference to it (every entry reply counts one, FORGET drops them), which covers open files.
+//! Without atomic O_TRUNC the kernel truncates with SETATTR.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -35,29 +41,53 @@ pub struct WritableFs {
     view: Arc<View>,
     /// Open files: handle → inode.
     files: Mutex<HashMap<u64, u64>>,
-    /// Open directories: a listing taken at `opendir`, so entries removed while a reader walks
-    /// the directory never make it skip others (`rm -rf`).
-    dirs: Mutex<HashMap<u64, DirSnapshot>>,
+    /// Open directories: a listing taken when a reader starts at offset 0, so entries removed
+    /// while it walks the directory never make it skip others (`rm -rf`). `None` until then
+    /// (a warm walk whose listing the kernel has cached never reads it).
+    dirs: Mutex<HashMap<u64, Option<DirSnapshot>>>,
     next_fh: AtomicU64,
 }
 
 impl WritableFs {
     pub fn new(view: View) -> Self {
+        let view = Arc::new(view);
+        view.start_write_behind();
         WritableFs {
-            view: Arc::new(view),
+            view,
             files: Mutex::default(),
             dirs: Mutex::default(),
             next_fh: AtomicU64::new(1),
         }
     }
 
-    /// The listing `opendir` took for handle `fh`.
-    fn snapshot(&self, fh: FileHandle) -> Option<DirSnapshot> {
-        self.dirs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&fh.0)
-            .cloned()
+    /// The listing of directory `ino` for handle `fh`: taken now when the reader starts at
+    /// offset 0 (or `rewinddir`), else the one it took then.
+    fn snapshot(&self, ino: u64, fh: FileHandle, offset: u64) -> Result<DirSnapshot, Errno> {
+        if offset != 0
+            && let Some(Some(s)) = self
+                .dirs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&fh.0)
+        {
+            return Ok(s.clone());
+        }
+        let (parent, mut entries) = self.view.readdir(ino).map_err(e)?;
+        entries.insert(0, (b".."[..].into(), parent, FileKind::Dir));
+        entries.insert(0, (b"."[..].into(), ino, FileKind::Dir));
+        let snap = Arc::new(entries);
+        let mut dirs = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
+        match dirs.get_mut(&fh.0) {
+            Some(slot) => *slot = Some(snap.clone()),
+            None => return Err(Errno::EBADF),
+        }
+        Ok(snap)
+    }
+
+    /// Replies with an entry: the kernel holds one more reference to it from now on.
+    fn entry(&self, reply: ReplyEntry, a: &Attr) {
+        self.view.remember(&[a.ino]);
+        reply.entry(&TTL, &fattr(a), Generation(0));
     }
 
     fn fh(&self) -> u64 {
@@ -146,8 +176,7 @@ impl Filesystem for WritableFs {
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_MAX_PAGES
-            | InitFlags::FUSE_ATOMIC_O_TRUNC;
+            | InitFlags::FUSE_MAX_PAGES;
         let _ = config.add_capabilities(wanted & config.capabilities());
         Ok(())
     }
@@ -159,9 +188,14 @@ impl Filesystem for WritableFs {
     #[instrument(level = "debug", skip_all, fields(parent = parent.0, name = ?name))]
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.view.lookup(parent.0, name.as_bytes()) {
-            Ok(a) => reply.entry(&TTL, &fattr(&a), Generation(0)),
+            Ok(a) => self.entry(reply, &a),
             Err(x) => reply.error(e(x)),
         }
+    }
+
+    /// (fuser's `batch_forget` comes here once per inode.)
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.view.forget(&[(ino.0, nlookup)]);
     }
 
     #[instrument(level = "debug", skip_all, fields(ino = ino.0))]
@@ -229,7 +263,7 @@ impl Filesystem for WritableFs {
             .view
             .make(who(req), parent.0, name.as_bytes(), mode, rdev, None)
         {
-            Ok(a) => reply.entry(&TTL, &fattr(&a), Generation(0)),
+            Ok(a) => self.entry(reply, &a),
             Err(x) => reply.error(e(x)),
         }
     }
@@ -252,7 +286,7 @@ impl Filesystem for WritableFs {
             0,
             None,
         ) {
-            Ok(a) => reply.entry(&TTL, &fattr(&a), Generation(0)),
+            Ok(a) => self.entry(reply, &a),
             Err(x) => reply.error(e(x)),
         }
     }
@@ -275,7 +309,7 @@ impl Filesystem for WritableFs {
             0,
             Some(target),
         ) {
-            Ok(a) => reply.entry(&TTL, &fattr(&a), Generation(0)),
+            Ok(a) => self.entry(reply, &a),
             Err(x) => reply.error(e(x)),
         }
     }
@@ -329,37 +363,15 @@ impl Filesystem for WritableFs {
         reply: ReplyEntry,
     ) {
         match self.view.link(ino.0, newparent.0, newname.as_bytes()) {
-            Ok(a) => reply.entry(&TTL, &fattr(&a), Generation(0)),
+            Ok(a) => self.entry(reply, &a),
             Err(x) => reply.error(e(x)),
         }
     }
 
-    #[instrument(level = "debug", skip_all, fields(ino = ino.0))]
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if let Err(x) = self.view.open(ino.0) {
-            return reply.error(e(x));
-        }
-        // Linux truncates on O_TRUNC whatever the access mode (the kernel has checked write
-        // permission already).
-        if flags.0 & libc::O_TRUNC != 0
-            && let Err(x) = self.view.setattr(
-                ino.0,
-                &SetAttr {
-                    size: Some(0),
-                    ..Default::default()
-                },
-            )
-        {
-            let _ = self.view.release(ino.0);
-            return reply.error(e(x));
-        }
-        let fh = self.fh();
-        self.files
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(fh, ino.0);
-        // Without O_TRUNC the cached pages are still right: every write came through here.
-        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+    /// `ENOSYS` once turns OPEN (and RELEASE) off for the connection: opening an existing file
+    /// costs no round trip. Reads, writes and fsync name the inode, which is all the view needs.
+    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.error(Errno::ENOSYS);
     }
 
     #[instrument(level = "debug", skip_all, fields(parent = parent.0, name = ?name))]
@@ -387,6 +399,7 @@ impl Filesystem for WritableFs {
         if let Err(x) = self.view.open(a.ino) {
             return reply.error(e(x));
         }
+        self.view.remember(&[a.ino]);
         let fh = self.fh();
         self.files
             .lock()
@@ -438,6 +451,7 @@ impl Filesystem for WritableFs {
         }
     }
 
+    /// Nothing to do at `close`: `ENOSYS` tells the kernel never to send FLUSH again.
     fn flush(
         &self,
         _req: &Request,
@@ -446,7 +460,7 @@ impl Filesystem for WritableFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        reply.error(Errno::ENOSYS);
     }
 
     #[instrument(level = "debug", skip_all, fields(ino = ino.0))]
@@ -503,15 +517,14 @@ impl Filesystem for WritableFs {
 
     #[instrument(level = "debug", skip_all, fields(ino = ino.0))]
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.view.readdir(ino.0) {
-            Ok((parent, mut entries)) => {
-                entries.insert(0, (b".."[..].into(), parent, FileKind::Dir));
-                entries.insert(0, (b"."[..].into(), ino.0, FileKind::Dir));
+        match self.view.getattr(ino.0) {
+            Ok(a) if a.kind != FileKind::Dir => reply.error(Errno::ENOTDIR),
+            Ok(_) => {
                 let fh = self.fh();
                 self.dirs
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(fh, Arc::new(entries));
+                    .insert(fh, None);
                 reply.opened(
                     FileHandle(fh),
                     FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
@@ -545,9 +558,9 @@ impl Filesystem for WritableFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let _ = ino;
-        let Some(snap) = self.snapshot(fh) else {
-            return reply.error(Errno::EBADF);
+        let snap = match self.snapshot(ino.0, fh, offset) {
+            Ok(s) => s,
+            Err(x) => return reply.error(x),
         };
         for (i, (name, child, kind)) in snap.iter().enumerate().skip(offset as usize) {
             if reply.add(
@@ -571,10 +584,11 @@ impl Filesystem for WritableFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let _ = ino;
-        let Some(snap) = self.snapshot(fh) else {
-            return reply.error(Errno::EBADF);
+        let snap = match self.snapshot(ino.0, fh, offset) {
+            Ok(s) => s,
+            Err(x) => return reply.error(x),
         };
+        let mut given = Vec::new();
         for (i, (name, child, _)) in snap.iter().enumerate().skip(offset as usize) {
             // An entry removed since opendir is skipped rather than shown stale.
             let Ok(a) = self.view.getattr(*child) else {
@@ -590,7 +604,12 @@ impl Filesystem for WritableFs {
             ) {
                 break;
             }
+            // The kernel takes a reference to every entry but `.` and `..`.
+            if i >= 2 {
+                given.push(*child);
+            }
         }
+        self.view.remember(&given);
         reply.ok();
     }
 

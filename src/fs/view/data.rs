@@ -1,12 +1,17 @@
-//! File data of the writable view: reads that stitch lower and backing chunks together,
-//! per-chunk copy-up on write, truncate, fallocate and fsync.
+//! File data of the writable view: small files inline in their record, larger ones in a
+//! backing file; reads that stitch lower and backing chunks together, per-chunk copy-up on
+//! write, truncate, fallocate and fsync.
+//!
+//! Locking: data I/O on a file wholly in its backing file runs outside the state lock (the
+//! kernel already serialises writes and truncates of one inode). Copy-up of lower chunks runs
+//! under it, so two copy-ups of one chunk can never interleave with a write.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use super::{Attr, OPEN_FILES, Res, State, View, io_errno, layer_errno};
-use crate::rwlayer::{Batch, CHUNK, Data, FileKind, Inode, Ts};
+use super::{Attr, INLINE_MAX, OPEN_FILES, Res, State, View, io_errno, layer_errno};
+use crate::rwlayer::{CHUNK, Data, FileKind, Inode, Ts};
 
 fn bit(map: &[u8], c: u64) -> bool {
     map.get((c / 8) as usize)
@@ -21,14 +26,32 @@ fn set_bit(map: &mut Vec<u8>, c: u64) {
     map[i] |= 1 << (c % 8);
 }
 
+/// Where a read finds the bytes, taken under the lock and used outside it.
+enum Source {
+    Zeros,
+    Lower(u16, u32),
+    Backing,
+    Partial {
+        layer: u16,
+        file: u32,
+        lower_size: u64,
+        map: Vec<u8>,
+    },
+}
+
 impl View {
     pub fn open(&self, ino: u64) -> Res<Attr> {
-        let mut st = self.lock();
-        let i = self.inode(&st, ino)?;
-        *st.open.entry(ino).or_default() += 1;
-        Ok(self.attr_of(ino, &i))
+        let a = {
+            let mut st = self.lock();
+            let a = self.attr(&st, ino)?;
+            *st.open.entry(ino).or_default() += 1;
+            a
+        };
+        Ok(self.finish_attr(a))
     }
 
+    /// Closes one handle of `ino`. An error a write-behind batch left for the file is
+    /// reported here (and at `fsync`), once.
     pub fn release(&self, ino: u64) -> Res<()> {
         let mut st = self.lock();
         let left = match st.open.get_mut(&ino) {
@@ -40,17 +63,52 @@ impl View {
         };
         if left == 0 {
             st.open.remove(&ino);
-            if st
+            self.free_if_orphan(&mut st, ino);
+        }
+        match st.dirty.take_error(ino) {
+            Some(errno) => Err(errno),
+            None => Ok(()),
+        }
+    }
+
+    /// Frees `ino` if it has no name, no open handle and no kernel reference left.
+    fn free_if_orphan(&self, st: &mut State, ino: u64) {
+        if !st.open.contains_key(&ino)
+            && !st.lookups.contains_key(&ino)
+            && st
                 .inodes
                 .get(&ino)
                 .is_some_and(|i| i.nlink == 0 && i.kind != FileKind::Dir)
-            {
-                let mut b = Batch::default();
-                self.free(&mut st, &mut b, ino);
-                return self.commit(b);
+        {
+            self.free(st, ino);
+        }
+    }
+
+    /// The kernel now holds one more reference to each of `inos` (an entry it was given by
+    /// lookup, create, mknod, mkdir, symlink, link or readdirplus).
+    pub fn remember(&self, inos: &[u64]) {
+        let mut st = self.lock();
+        for &ino in inos {
+            if ino != crate::fs::tree::ROOT_INO {
+                *st.lookups.entry(ino).or_default() += 1;
             }
         }
-        Ok(())
+    }
+
+    /// The kernel dropped `n` references to each inode (FORGET); an unlinked inode it no longer
+    /// knows and nobody has open is freed.
+    pub fn forget(&self, nodes: &[(u64, u64)]) {
+        let mut st = self.lock();
+        for &(ino, n) in nodes {
+            let Some(left) = st.lookups.get_mut(&ino) else {
+                continue;
+            };
+            *left = left.saturating_sub(n);
+            if *left == 0 {
+                st.lookups.remove(&ino);
+                self.free_if_orphan(&mut st, ino);
+            }
+        }
     }
 
     fn lower_file(&self, layer: u16, file: u32) -> Res<File> {
@@ -58,7 +116,7 @@ impl View {
         File::open(dir.join(file.to_string())).map_err(io_errno)
     }
 
-    fn backing(&self, ino: u64) -> Res<Arc<File>> {
+    pub(super) fn backing(&self, ino: u64) -> Res<Arc<File>> {
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(f) = files.get(&ino) {
             return Ok(f.clone());
@@ -79,34 +137,65 @@ impl View {
     }
 
     pub fn read(&self, ino: u64, offset: u64, size: u32) -> Res<Vec<u8>> {
-        let (i, map) = {
+        let (src, fsize) = {
             let st = self.lock();
-            (
-                self.inode(&st, ino)?,
-                st.chunks.get(&ino).cloned().unwrap_or_default(),
-            )
+            match st.inodes.get(&ino) {
+                Some(i) => {
+                    if i.kind != FileKind::File {
+                        return Err(libc::EINVAL);
+                    }
+                    let src = match &i.data {
+                        Data::None => Source::Zeros,
+                        Data::Inline(v) => {
+                            let s = (offset.min(v.len() as u64)) as usize;
+                            let e = (offset.saturating_add(size as u64)).min(i.size) as usize;
+                            let mut out = v.get(s..e.min(v.len())).unwrap_or(&[]).to_vec();
+                            out.resize(e.saturating_sub(s), 0);
+                            return Ok(out);
+                        }
+                        Data::Lower { layer, file } => Source::Lower(*layer, *file),
+                        Data::Backing => Source::Backing,
+                        Data::Partial {
+                            layer,
+                            file,
+                            lower_size,
+                        } => Source::Partial {
+                            layer: *layer,
+                            file: *file,
+                            lower_size: *lower_size,
+                            map: st.chunks.get(&ino).cloned().unwrap_or_default(),
+                        },
+                    };
+                    (src, i.size)
+                }
+                None => {
+                    let n = self.lower_node(ino).ok_or(libc::ENOENT)?;
+                    match n.kind {
+                        super::NodeKind::File { file: Some(f) } => {
+                            (Source::Lower(n.layer, f), n.size)
+                        }
+                        super::NodeKind::File { file: None } => (Source::Zeros, n.size),
+                        _ => return Err(libc::EINVAL),
+                    }
+                }
+            }
         };
-        if i.kind != FileKind::File {
-            return Err(libc::EINVAL);
-        }
-        if offset >= i.size {
+        if offset >= fsize {
             return Ok(vec![]);
         }
-        let end = i.size.min(offset + size as u64);
+        let end = fsize.min(offset + size as u64);
         let mut buf = vec![0u8; (end - offset) as usize];
-        match i.data {
-            Data::None => {}
-            Data::Lower { layer, file } => {
+        match src {
+            Source::Zeros => {}
+            Source::Lower(layer, file) => {
                 read_full(&self.lower_file(layer, file)?, &mut buf, offset)?
             }
-            Data::Backing => {
-                let f = self.backing(ino)?;
-                read_full(&f, &mut buf, offset)?
-            }
-            Data::Partial {
+            Source::Backing => read_full(&*self.backing(ino)?, &mut buf, offset)?,
+            Source::Partial {
                 layer,
                 file,
                 lower_size,
+                map,
             } => {
                 let lower = self.lower_file(layer, file)?;
                 let back = self.backing(ino)?;
@@ -132,12 +221,27 @@ impl View {
         Ok(buf)
     }
 
+    /// Moves a file with no data or inline data into a backing file of its own.
+    fn to_backing(&self, ino: u64, i: &mut Inode) -> Res<()> {
+        let bytes = match &mut i.data {
+            Data::None => Vec::new(),
+            Data::Inline(v) => std::mem::take(v),
+            _ => return Ok(()),
+        };
+        let back = self.backing(ino)?;
+        // A file left by a crash under this number holds nothing of ours.
+        back.set_len(0).map_err(io_errno)?;
+        back.write_all_at(&bytes, 0).map_err(io_errno)?;
+        back.set_len(i.size).map_err(io_errno)?;
+        i.data = Data::Backing;
+        Ok(())
+    }
+
     /// Makes the chunks covering `[from, to)` live in the backing file, copying from the lower
     /// file the parts of them outside `overwrite` (the caller writes or zeroes that range).
     fn copy_up_range(
         &self,
         st: &mut State,
-        b: &mut Batch,
         ino: u64,
         i: &mut Inode,
         (from, to): (u64, u64),
@@ -150,12 +254,10 @@ impl View {
                 lower_size: i.size,
             };
             let back = self.backing(ino)?;
+            back.set_len(0).map_err(io_errno)?;
             back.set_len(i.size).map_err(io_errno)?;
         }
-        if i.data == Data::None {
-            i.data = Data::Backing;
-            self.backing(ino)?;
-        }
+        self.to_backing(ino, i)?;
         let Data::Partial {
             layer,
             file,
@@ -191,86 +293,130 @@ impl View {
             }
             c += 1;
         }
+        st.dirty.chunks(ino);
         if (0..total).all(|c| bit(&map, c)) {
             i.data = Data::Backing;
             st.chunks.remove(&ino);
-            b.del_chunks(ino);
         } else {
-            b.put_chunks(ino, &map);
             st.chunks.insert(ino, map);
         }
         Ok(())
     }
 
-    pub(super) fn truncate(
-        &self,
-        st: &mut State,
-        b: &mut Batch,
-        ino: u64,
-        i: &mut Inode,
-        size: u64,
-    ) -> Res<()> {
-        if size == i.size && i.data != Data::None {
+    /// Sets the size of file `ino` (under the lock; `setattr` checked the kind).
+    pub(super) fn truncate(&self, st: &mut State, ino: u64, size: u64) -> Res<()> {
+        let mut i = self.inode(st, ino)?;
+        if size == i.size && !matches!(i.data, Data::None | Data::Inline(_)) {
             return Ok(());
         }
-        if let Data::Lower { layer, file } = i.data {
-            i.data = Data::Partial {
-                layer,
-                file,
-                lower_size: i.size,
-            };
-        }
-        if i.data == Data::None {
-            i.data = Data::Backing;
-        }
-        if let Data::Partial {
-            layer,
-            file,
-            lower_size,
-        } = i.data
-        {
-            // Bytes past the new end must read as zeros if the file grows again: the lower
-            // file is visible only up to here from now on.
-            let visible = lower_size.min(size);
-            i.data = if visible == 0 {
-                Data::Backing
-            } else {
-                Data::Partial {
+        match &mut i.data {
+            Data::None if size == 0 => {}
+            Data::None | Data::Inline(_) if size <= INLINE_MAX => {
+                let mut v = match std::mem::replace(&mut i.data, Data::None) {
+                    Data::Inline(v) => v,
+                    _ => Vec::new(),
+                };
+                v.resize(size as usize, 0);
+                if size > 0 {
+                    i.data = Data::Inline(v);
+                }
+            }
+            _ => {
+                self.to_backing(ino, &mut i)?;
+                if let Data::Lower { layer, file } = i.data {
+                    i.data = Data::Partial {
+                        layer,
+                        file,
+                        lower_size: i.size,
+                    };
+                    let back = self.backing(ino)?;
+                    back.set_len(0).map_err(io_errno)?;
+                }
+                if let Data::Partial {
                     layer,
                     file,
-                    lower_size: visible,
+                    lower_size,
+                } = i.data
+                {
+                    // Bytes past the new end must read as zeros if the file grows again: the
+                    // lower file is visible only up to here from now on.
+                    let visible = lower_size.min(size);
+                    i.data = if visible == 0 {
+                        Data::Backing
+                    } else {
+                        Data::Partial {
+                            layer,
+                            file,
+                            lower_size: visible,
+                        }
+                    };
+                    if visible == 0 {
+                        st.chunks.remove(&ino);
+                        st.dirty.chunks(ino);
+                    }
                 }
-            };
-            if visible == 0 {
-                st.chunks.remove(&ino);
-                b.del_chunks(ino);
+                self.backing(ino)?.set_len(size).map_err(io_errno)?;
             }
         }
-        self.backing(ino)?.set_len(size).map_err(io_errno)?;
         i.size = size;
+        self.put(st, ino, i);
         Ok(())
     }
 
     pub fn write(&self, ino: u64, offset: u64, data: &[u8]) -> Res<u32> {
         let end = offset.checked_add(data.len() as u64).ok_or(libc::EFBIG)?;
-        let mut st = self.lock();
-        let mut i = self.inode(&st, ino)?;
-        if i.kind != FileKind::File {
-            return Err(libc::EINVAL);
-        }
-        let mut b = Batch::default();
-        self.copy_up_range(&mut st, &mut b, ino, &mut i, (offset, end), (offset, end))?;
-        // The data write happens under the lock so a concurrent copy-up of the same chunk
-        // cannot overwrite it with lower bytes.
-        self.backing(ino)?
-            .write_all_at(data, offset)
-            .map_err(io_errno)?;
-        i.size = i.size.max(end);
         let now = Ts::now();
-        i.mtime = now;
-        i.ctime = now;
-        self.put(&mut st, &mut b, ino, i);
-        self.commit(b)?;
+        let back = {
+            let mut st = self.lock();
+            let i = self.record_mut(&mut st, ino)?;
+            if i.kind != FileKind::File {
+                return Err(libc::EINVAL);
+            }
+            match &mut i.data {
+                Data::None | Data::Inline(_) if end <= INLINE_MAX => {
+                    if i.data == Data::None {
+                        i.data = Data::Inline(Vec::new());
+                    }
+                    if let Data::Inline(v) = &mut i.data {
+                        if (v.len() as u64) < end {
+                            v.resize(end as usize, 0);
+                        }
+                        v[offset as usize..end as usize].copy_from_slice(data);
+                    }
+                    i.size = i.size.max(end);
+                    i.mtime = now;
+                    i.ctime = now;
+                    return Ok(data.len() as u32);
+                }
+                Data::None | Data::Inline(_) | Data::Backing => {
+                    self.to_backing(ino, i)?;
+                    self.backing(ino)?
+                }
+                Data::Lower { .. } | Data::Partial { .. } => {
+                    let mut i = i.clone();
+                    self.copy_up_range(&mut st, ino, &mut i, (offset, end), (offset, end))?;
+                    // The data write happens under the lock so a concurrent copy-up of the
+                    // same chunk cannot overwrite it with lower bytes.
+                    self.backing(ino)?
+                        .write_all_at(data, offset)
+                        .map_err(io_errno)?;
+                    i.size = i.size.max(end);
+                    i.mtime = now;
+                    i.ctime = now;
+                    self.put(&mut st, ino, i);
+                    return Ok(data.len() as u32);
+                }
+            }
+        };
+        // Wholly in the backing file: the I/O runs without the lock.
+        back.write_all_at(data, offset).map_err(io_errno)?;
+        let mut st = self.lock();
+        if let Some(i) = st.inodes.get_mut(&ino) {
+            i.size = i.size.max(end);
+            i.mtime = now;
+            i.ctime = now;
+            st.dirty.inode(ino);
+        }
         Ok(data.len() as u32)
     }
 
@@ -281,7 +427,6 @@ impl View {
         if i.kind != FileKind::File {
             return Err(libc::ENODEV);
         }
-        let mut b = Batch::default();
         let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
         let punch = mode & libc::FALLOC_FL_PUNCH_HOLE != 0;
         let zero = mode & libc::FALLOC_FL_ZERO_RANGE != 0;
@@ -303,7 +448,6 @@ impl View {
         };
         self.copy_up_range(
             &mut st,
-            &mut b,
             ino,
             &mut i,
             (offset, copy_to.max(offset)),
@@ -325,20 +469,24 @@ impl View {
         let now = Ts::now();
         i.mtime = now;
         i.ctime = now;
-        self.put(&mut st, &mut b, ino, i);
-        self.commit(b)
+        self.put(&mut st, ino, i);
+        Ok(())
     }
 
-    /// Makes the inode's data and every record durable.
+    /// Makes the inode's data and every record durable. An error a write-behind batch left
+    /// for this file is reported here, once.
     pub fn fsync(&self, ino: u64, datasync: bool) -> Res<()> {
-        let has_backing = {
-            let st = self.lock();
-            st.inodes
-                .get(&ino)
-                .is_some_and(|i| matches!(i.data, Data::Backing | Data::Partial { .. }))
+        let back = {
+            let mut st = self.lock();
+            if let Some(errno) = st.dirty.take_error(ino) {
+                return Err(errno);
+            }
+            match st.inodes.get(&ino).map(|i| &i.data) {
+                Some(Data::Backing | Data::Partial { .. }) => Some(self.backing(ino)?),
+                _ => None,
+            }
         };
-        if has_backing {
-            let f = self.backing(ino)?;
+        if let Some(f) = back {
             if datasync {
                 f.sync_data()
             } else {
@@ -346,11 +494,7 @@ impl View {
             }
             .map_err(io_errno)?;
         }
-        self.layer.flush().map_err(layer_errno)
-    }
-
-    /// Makes everything durable (unmount, `syncfs`).
-    pub fn sync_all(&self) -> Res<()> {
+        self.write_behind()?;
         self.layer.flush().map_err(layer_errno)
     }
 }

@@ -7,11 +7,16 @@
 //! writable layer (metadata copy-up: no data is copied). A directory whose entries change is
 //! *materialised*: its whole listing moves into the layer, so deletions need no whiteouts and
 //! `rmdir` + `mkdir` is naturally opaque. File data is copied up per [`CHUNK`]: a lower file
-//! being written keeps reading unchanged chunks from the lower layer.
+//! being written keeps reading unchanged chunks from the lower layer. Small files keep their
+//! bytes inline in their record (no backing file; an empty file has none either).
 //!
-//! All state lives in memory (loaded in O(changes) at mount) and every change is written
-//! through to the layer as one atomic batch before the operation returns; `fsync` makes it
-//! durable. One mutex guards the state; file data I/O happens outside it.
+//! State. All of it lives in memory (loaded in O(changes) at mount) under one mutex that is
+//! held only for in-memory work: never across file data I/O or database writes. A change
+//! marks its records dirty; `writeback` writes dirty records to the layer coalesced, as one
+//! atomic batch per interval, and always before `fsync`, `fsyncdir`, `sync_all` and drop
+//! return. Owns: overlay and POSIX semantics of the writable mount. Never writes a lower layer.
+//!
+//! [`CHUNK`]: crate::rwlayer::CHUNK
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -22,15 +27,23 @@ use libc::c_int;
 use tracing::warn;
 
 mod data;
+mod names;
+mod writeback;
 
 use super::tree::{MergedTree, Node, NodeKind};
-use crate::rwlayer::{Batch, Data, FIRST_UPPER_INO, FileKind, Inode, RwError, RwLayer, Ts};
+use crate::rwlayer::{Data, FIRST_UPPER_INO, FileKind, Inode, RwError, RwLayer, Ts};
+use writeback::Dirty;
 
 /// An errno value.
 pub type Errno = c_int;
 pub type Res<T> = Result<T, Errno>;
 
 const MAX_NAME: usize = 255;
+
+/// Files up to this size keep their bytes in their inode record. sled writes a log message
+/// larger than a quarter of its 512 KiB segment as a separate blob file; a leaf node holds up
+/// to 17 records, so at 4 KiB a whole leaf (~72 KiB) stays in the log.
+pub const INLINE_MAX: u64 = 4096;
 
 /// What `stat` says about an inode.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,8 +90,12 @@ struct State {
     dirs: HashMap<u64, BTreeMap<Box<[u8]>, u64>>,
     chunks: HashMap<u64, Vec<u8>>,
     next_ino: u64,
-    /// Open handles per inode: an unlinked inode lives until the last one closes.
+    /// Open handles per inode (`open`/`release`), and the kernel's references (lookup counts:
+    /// `remember`/`forget`): an unlinked inode lives until both are gone.
     open: HashMap<u64, u32>,
+    lookups: HashMap<u64, u64>,
+    /// Records changed in memory and not yet written to the layer.
+    dirty: Dirty,
 }
 
 /// The writable merged view of one mount.
@@ -89,6 +106,8 @@ pub struct View {
     st: Mutex<State>,
     /// Open backing files, so reads and writes do not open(2) per request.
     files: Mutex<HashMap<u64, Arc<File>>>,
+    /// Held by whoever writes dirty records to the layer, so batches land in order.
+    flushing: Mutex<()>,
 }
 
 /// Backing files kept open at most.
@@ -136,10 +155,61 @@ fn io_errno(e: std::io::Error) -> Errno {
 fn layer_errno(e: RwError) -> Errno {
     match e {
         RwError::Io { source, .. } => io_errno(source),
+        RwError::Database { why, .. } if why.contains("No space left") => libc::ENOSPC,
         other => {
             warn!(error = %other, "writable layer failure");
             libc::EIO
         }
+    }
+}
+
+fn attr_of_inode(ino: u64, i: &Inode) -> Attr {
+    Attr {
+        blocks: if i.kind == FileKind::File {
+            i.size.div_ceil(512)
+        } else {
+            0
+        },
+        ino,
+        kind: i.kind,
+        perm: i.perm,
+        nlink: i.nlink,
+        uid: i.uid,
+        gid: i.gid,
+        size: i.size,
+        rdev: i.rdev,
+        atime: i.atime,
+        mtime: i.mtime,
+        ctime: i.ctime,
+    }
+}
+
+fn attr_of_node(ino: u64, n: &Node) -> Attr {
+    let t = Ts {
+        sec: n.mtime,
+        nsec: n.mtime_nsec,
+    };
+    let kind = kind_of_node(&n.kind);
+    Attr {
+        ino,
+        blocks: if kind == FileKind::File {
+            n.size.div_ceil(512)
+        } else {
+            0
+        },
+        kind,
+        perm: n.perm,
+        nlink: n.nlink,
+        uid: n.uid,
+        gid: n.gid,
+        size: n.size,
+        rdev: match n.kind {
+            NodeKind::CharDev { rdev } | NodeKind::BlockDev { rdev } => rdev,
+            _ => 0,
+        },
+        atime: t,
+        mtime: t,
+        ctime: t,
     }
 }
 
@@ -161,33 +231,14 @@ impl View {
                 chunks: l.chunks,
                 next_ino: l.next_ino,
                 open: HashMap::new(),
+                lookups: HashMap::new(),
+                dirty: Dirty::default(),
             }),
             files: Mutex::new(HashMap::new()),
+            flushing: Mutex::new(()),
         };
-        v.collect_orphans()?;
+        v.collect_garbage()?;
         Ok(v)
-    }
-
-    /// Inodes unlinked while open when the previous mount ended are garbage now.
-    fn collect_orphans(&self) -> Result<(), RwError> {
-        let mut st = self.lock();
-        let orphans: Vec<u64> = st
-            .inodes
-            .iter()
-            .filter(|(_, i)| i.nlink == 0)
-            .map(|(&n, _)| n)
-            .collect();
-        if orphans.is_empty() {
-            return Ok(());
-        }
-        let mut b = Batch::default();
-        for ino in orphans {
-            st.inodes.remove(&ino);
-            st.chunks.remove(&ino);
-            b.del_inode(ino);
-            let _ = std::fs::remove_file(self.layer.backing_path(ino));
-        }
-        self.layer.apply(b)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -202,7 +253,8 @@ impl View {
         }
     }
 
-    /// The record of `ino`: the layer's if it has one, else made from the lower node.
+    /// The record of `ino`: the layer's if it has one, else made from the lower node. Clones:
+    /// for changes; queries use [`attr`](Self::attr) and friends.
     fn inode(&self, st: &State, ino: u64) -> Res<Inode> {
         if let Some(i) = st.inodes.get(&ino) {
             return Ok(i.clone());
@@ -247,86 +299,120 @@ impl View {
         })
     }
 
-    /// 512-byte blocks allocated: the backing file's where all data is in this layer (sparse
-    /// files stay sparse for `du`, `cp --sparse`, `tar -S`), the size's where data is lower.
-    fn blocks(&self, ino: u64, i: &Inode) -> u64 {
-        if i.kind != FileKind::File {
-            return 0;
+    /// The kind of `ino`, without copying its record.
+    fn kind(&self, st: &State, ino: u64) -> Res<FileKind> {
+        match st.inodes.get(&ino) {
+            Some(i) => Ok(i.kind),
+            None => self
+                .lower_node(ino)
+                .map(|n| kind_of_node(&n.kind))
+                .ok_or(libc::ENOENT),
         }
-        let by_size = i.size.div_ceil(512);
-        if i.data != Data::Backing {
-            return by_size;
-        }
-        let cached = self
-            .files
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&ino)
-            .cloned();
-        let meta = match cached {
-            Some(f) => f.metadata(),
-            None => std::fs::metadata(self.layer.backing_path(ino)),
-        };
-        meta.map(|m| std::os::unix::fs::MetadataExt::blocks(&m))
-            .unwrap_or(by_size)
     }
 
-    fn attr_of(&self, ino: u64, i: &Inode) -> Attr {
-        Attr {
-            blocks: self.blocks(ino, i),
-            ino,
-            kind: i.kind,
-            perm: i.perm,
-            nlink: i.nlink,
-            uid: i.uid,
-            gid: i.gid,
-            size: i.size,
-            rdev: i.rdev,
-            atime: i.atime,
-            mtime: i.mtime,
-            ctime: i.ctime,
+    /// `stat` of `ino` under the lock; `true` when its blocks must come from the backing file
+    /// (see [`finish_attr`](Self::finish_attr), outside the lock).
+    fn attr(&self, st: &State, ino: u64) -> Res<(Attr, bool)> {
+        if let Some(i) = st.inodes.get(&ino) {
+            let backing = i.kind == FileKind::File && i.data == Data::Backing;
+            return Ok((attr_of_inode(ino, i), backing));
         }
+        let n = self.lower_node(ino).ok_or(libc::ENOENT)?;
+        Ok((attr_of_node(ino, n), false))
+    }
+
+    /// 512-byte blocks allocated, for files wholly in their backing file: the file's own, so
+    /// sparse files stay sparse for `du`, `cp --sparse`, `tar -S`.
+    fn finish_attr(&self, (mut a, backing): (Attr, bool)) -> Attr {
+        if backing
+            && let Ok(f) = self.backing(a.ino)
+            && let Ok(m) = f.metadata()
+        {
+            a.blocks = std::os::unix::fs::MetadataExt::blocks(&m);
+        }
+        a
     }
 
     fn child(&self, st: &State, dir: u64, name: &[u8]) -> Res<Option<u64>> {
         if let Some(entries) = st.dirs.get(&dir) {
             return Ok(entries.get(name).copied());
         }
-        let d = self.inode(st, dir)?;
-        if d.kind != FileKind::Dir {
-            return Err(libc::ENOTDIR);
+        if let Some(d) = st.inodes.get(&dir) {
+            if d.kind != FileKind::Dir {
+                return Err(libc::ENOTDIR);
+            }
+            if d.materialized {
+                return Ok(None);
+            }
         }
-        if d.materialized {
-            return Ok(None);
+        let n = self.lower_node(dir).ok_or(libc::ENOENT)?;
+        match n.kind {
+            NodeKind::Dir { .. } => Ok(n.child(name)),
+            _ => Err(libc::ENOTDIR),
         }
-        Ok(self.lower_node(dir).and_then(|n| n.child(name)))
     }
 
     fn children(&self, st: &State, dir: u64) -> Res<Vec<(Box<[u8]>, u64)>> {
         if let Some(entries) = st.dirs.get(&dir) {
             return Ok(entries.iter().map(|(n, &i)| (n.clone(), i)).collect());
         }
-        let d = self.inode(st, dir)?;
-        if d.kind != FileKind::Dir {
-            return Err(libc::ENOTDIR);
+        if let Some(d) = st.inodes.get(&dir) {
+            if d.kind != FileKind::Dir {
+                return Err(libc::ENOTDIR);
+            }
+            if d.materialized {
+                return Ok(vec![]);
+            }
         }
-        if d.materialized {
-            return Ok(vec![]);
+        match self.lower_node(dir).map(|n| &n.kind) {
+            Some(NodeKind::Dir { children }) => Ok(children.to_vec()),
+            Some(_) => Err(libc::ENOTDIR),
+            None => Err(libc::ENOENT),
         }
-        Ok(match self.lower_node(dir).map(|n| &n.kind) {
-            Some(NodeKind::Dir { children }) => children.to_vec(),
-            _ => vec![],
-        })
+    }
+
+    /// Whether directory `dir` has no entries.
+    fn is_empty_dir(&self, st: &State, dir: u64) -> Res<bool> {
+        if let Some(entries) = st.dirs.get(&dir) {
+            return Ok(entries.is_empty());
+        }
+        if st.inodes.get(&dir).is_some_and(|d| d.materialized) {
+            return Ok(true);
+        }
+        match self.lower_node(dir).map(|n| &n.kind) {
+            Some(NodeKind::Dir { children }) => Ok(children.is_empty()),
+            Some(_) => Err(libc::ENOTDIR),
+            None => Ok(true),
+        }
+    }
+
+    /// The parent of directory `dir`.
+    fn parent_of(&self, st: &State, dir: u64) -> Res<u64> {
+        match st.inodes.get(&dir) {
+            Some(i) => Ok(i.parent),
+            None => Ok(self.lower_node(dir).ok_or(libc::ENOENT)?.parent),
+        }
+    }
+
+    /// The layer's record of `ino` to change in place (copied up from the lower node the first
+    /// time), marked dirty.
+    fn record_mut<'a>(&self, st: &'a mut State, ino: u64) -> Res<&'a mut Inode> {
+        if !st.inodes.contains_key(&ino) {
+            let i = self.inode(st, ino)?;
+            st.inodes.insert(ino, i);
+        }
+        st.dirty.inode(ino);
+        st.inodes.get_mut(&ino).ok_or(libc::ENOENT)
     }
 
     /// Saves `i` as the layer's record of `ino`.
-    fn put(&self, st: &mut State, b: &mut Batch, ino: u64, i: Inode) {
-        b.put_inode(ino, &i);
+    fn put(&self, st: &mut State, ino: u64, i: Inode) {
+        st.dirty.inode(ino);
         st.inodes.insert(ino, i);
     }
 
     /// Moves a directory's listing into the layer (once), so its entries can change.
-    fn materialize(&self, st: &mut State, b: &mut Batch, dir: u64) -> Res<()> {
+    fn materialize(&self, st: &mut State, dir: u64) -> Res<()> {
         if st.dirs.contains_key(&dir) {
             return Ok(());
         }
@@ -334,25 +420,25 @@ impl View {
         let mut d = self.inode(st, dir)?;
         let mut map = BTreeMap::new();
         for (name, ino) in entries {
-            b.put_dirent(dir, &name, ino);
+            st.dirty.dirent(dir, &name);
             map.insert(name, ino);
         }
         st.dirs.insert(dir, map);
         d.materialized = true;
-        self.put(st, b, dir, d);
+        self.put(st, dir, d);
         Ok(())
     }
 
-    fn set_entry(&self, st: &mut State, b: &mut Batch, dir: u64, name: &[u8], ino: u64) -> Res<()> {
-        self.materialize(st, b, dir)?;
-        b.put_dirent(dir, name, ino);
+    fn set_entry(&self, st: &mut State, dir: u64, name: &[u8], ino: u64) -> Res<()> {
+        self.materialize(st, dir)?;
+        st.dirty.dirent(dir, name);
         st.dirs.entry(dir).or_default().insert(name.into(), ino);
         Ok(())
     }
 
-    fn remove_entry(&self, st: &mut State, b: &mut Batch, dir: u64, name: &[u8]) -> Res<()> {
-        self.materialize(st, b, dir)?;
-        b.del_dirent(dir, name);
+    fn remove_entry(&self, st: &mut State, dir: u64, name: &[u8]) -> Res<()> {
+        self.materialize(st, dir)?;
+        st.dirty.dirent(dir, name);
         if let Some(d) = st.dirs.get_mut(&dir) {
             d.remove(name);
         }
@@ -360,24 +446,12 @@ impl View {
     }
 
     /// mtime and ctime of a directory whose entries changed; `nlink_delta` for subdirectories.
-    fn touch_dir(
-        &self,
-        st: &mut State,
-        b: &mut Batch,
-        dir: u64,
-        nlink_delta: i32,
-        now: Ts,
-    ) -> Res<()> {
-        let mut d = self.inode(st, dir)?;
+    fn touch_dir(&self, st: &mut State, dir: u64, nlink_delta: i32, now: Ts) -> Res<()> {
+        let d = self.record_mut(st, dir)?;
         d.mtime = now;
         d.ctime = now;
         d.nlink = d.nlink.saturating_add_signed(nlink_delta).max(2);
-        self.put(st, b, dir, d);
         Ok(())
-    }
-
-    fn commit(&self, b: Batch) -> Res<()> {
-        self.layer.apply(b).map_err(layer_errno)
     }
 
     /// What the writable layer changed, as `docker diff` lists it (see `fs::changes`).
@@ -398,69 +472,92 @@ impl View {
         if name.len() > MAX_NAME {
             return Err(libc::ENAMETOOLONG);
         }
-        let st = self.lock();
-        let ino = self.child(&st, parent, name)?.ok_or(libc::ENOENT)?;
-        Ok(self.attr_of(ino, &self.inode(&st, ino)?))
+        let a = {
+            let st = self.lock();
+            let ino = self.child(&st, parent, name)?.ok_or(libc::ENOENT)?;
+            self.attr(&st, ino)?
+        };
+        Ok(self.finish_attr(a))
     }
 
     pub fn getattr(&self, ino: u64) -> Res<Attr> {
-        let st = self.lock();
-        Ok(self.attr_of(ino, &self.inode(&st, ino)?))
+        let a = self.attr(&self.lock(), ino)?;
+        Ok(self.finish_attr(a))
     }
 
     pub fn readlink(&self, ino: u64) -> Res<Vec<u8>> {
         let st = self.lock();
-        let i = self.inode(&st, ino)?;
-        if i.kind != FileKind::Symlink {
-            return Err(libc::EINVAL);
+        if let Some(i) = st.inodes.get(&ino) {
+            return match i.kind {
+                FileKind::Symlink => Ok(i.target.clone()),
+                _ => Err(libc::EINVAL),
+            };
         }
-        Ok(i.target)
+        match self.lower_node(ino).map(|n| &n.kind) {
+            Some(NodeKind::Symlink { target }) => Ok(target.to_vec()),
+            Some(_) => Err(libc::EINVAL),
+            None => Err(libc::ENOENT),
+        }
     }
 
     /// The entries of a directory (without `.` and `..`), with their kinds, and its parent.
     pub fn readdir(&self, dir: u64) -> Res<(u64, Listing)> {
         let st = self.lock();
-        let d = self.inode(&st, dir)?;
-        if d.kind != FileKind::Dir {
-            return Err(libc::ENOTDIR);
-        }
+        let parent = match st.inodes.get(&dir) {
+            Some(d) if d.kind != FileKind::Dir => return Err(libc::ENOTDIR),
+            Some(d) => d.parent,
+            None => self.lower_node(dir).ok_or(libc::ENOENT)?.parent,
+        };
         let mut out = Vec::new();
         for (name, ino) in self.children(&st, dir)? {
-            let kind = match st.inodes.get(&ino) {
-                Some(i) => i.kind,
-                None => self
-                    .lower_node(ino)
-                    .map(|n| kind_of_node(&n.kind))
-                    .unwrap_or(FileKind::File),
-            };
+            let kind = self.kind(&st, ino).unwrap_or(FileKind::File);
             out.push((name, ino, kind));
         }
         let parent = if dir == super::tree::ROOT_INO {
             dir
         } else {
-            d.parent
+            parent
         };
         Ok((parent, out))
     }
 
-    pub fn getxattr(&self, ino: u64, name: &[u8]) -> Res<Vec<u8>> {
+    /// Runs `f` on the extended attributes of `ino`, without copying them.
+    fn with_xattrs<R>(
+        &self,
+        ino: u64,
+        f: impl FnOnce(&mut dyn Iterator<Item = (&[u8], &[u8])>) -> R,
+    ) -> Res<R> {
         let st = self.lock();
-        let i = self.inode(&st, ino)?;
-        i.xattrs
-            .into_iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v)
-            .ok_or(libc::ENODATA)
+        if let Some(i) = st.inodes.get(&ino) {
+            return Ok(f(&mut i.xattrs.iter().map(|(k, v)| (&k[..], &v[..]))));
+        }
+        let n = self.lower_node(ino).ok_or(libc::ENOENT)?;
+        Ok(f(&mut n.xattrs.iter().map(|(k, v)| (&k[..], &v[..]))))
+    }
+
+    pub fn getxattr(&self, ino: u64, name: &[u8]) -> Res<Vec<u8>> {
+        self.with_xattrs(ino, |it| {
+            let mut found = None;
+            for (n, v) in it {
+                if n == name {
+                    found = Some(v.to_vec());
+                    break;
+                }
+            }
+            found
+        })?
+        .ok_or(libc::ENODATA)
     }
 
     pub fn listxattr(&self, ino: u64) -> Res<Vec<u8>> {
-        let st = self.lock();
-        let mut out = Vec::new();
-        for (n, _) in self.inode(&st, ino)?.xattrs {
-            out.extend_from_slice(&n);
-            out.push(0);
-        }
-        Ok(out)
+        self.with_xattrs(ino, |it| {
+            let mut out = Vec::new();
+            for (n, _) in it {
+                out.extend_from_slice(n);
+                out.push(0);
+            }
+            out
+        })
     }
 
     /// Total, free and available blocks (of 4 KiB) and free inodes where the layer lives.
@@ -473,376 +570,6 @@ impl View {
             s.f_ffree,
             s.f_frsize as u32,
         ))
-    }
-
-    // ---- namespace changes ---------------------------------------------------------------
-
-    /// Creates a new inode named `name` in `parent`: a file, directory, symlink or special file.
-    pub fn make(
-        &self,
-        who: Caller,
-        parent: u64,
-        name: &[u8],
-        mode: u32,
-        rdev: u32,
-        target: Option<&[u8]>,
-    ) -> Res<Attr> {
-        check_name(name)?;
-        let kind = if target.is_some() {
-            FileKind::Symlink
-        } else {
-            kind_from_mode(mode)?
-        };
-        let mut st = self.lock();
-        let p = self.inode(&st, parent)?;
-        if p.kind != FileKind::Dir {
-            return Err(libc::ENOTDIR);
-        }
-        if p.nlink == 0 {
-            return Err(libc::ENOENT);
-        }
-        if self.child(&st, parent, name)?.is_some() {
-            return Err(libc::EEXIST);
-        }
-        let now = Ts::now();
-        let mut perm = (mode & 0o7777) as u16;
-        // BSD group semantics in a setgid directory, as the kernel gives local file systems.
-        let gid = if p.perm & libc::S_ISGID as u16 != 0 {
-            if kind == FileKind::Dir {
-                perm |= libc::S_ISGID as u16;
-            }
-            p.gid
-        } else {
-            who.gid
-        };
-        if kind == FileKind::Symlink {
-            perm = 0o777;
-        }
-        let ino = st.next_ino;
-        st.next_ino += 1;
-        let target = target.map(<[u8]>::to_vec).unwrap_or_default();
-        let inode = Inode {
-            kind,
-            perm,
-            uid: who.uid,
-            gid,
-            size: if kind == FileKind::Symlink {
-                target.len() as u64
-            } else {
-                0
-            },
-            atime: now,
-            mtime: now,
-            ctime: now,
-            nlink: if kind == FileKind::Dir { 2 } else { 1 },
-            rdev: if matches!(kind, FileKind::CharDev | FileKind::BlockDev) {
-                rdev
-            } else {
-                0
-            },
-            parent,
-            target,
-            xattrs: vec![],
-            data: Data::None,
-            materialized: kind == FileKind::Dir,
-        };
-        let mut b = Batch::default();
-        b.set_next_ino(st.next_ino);
-        if kind == FileKind::Dir {
-            st.dirs.insert(ino, BTreeMap::new());
-        }
-        let attr = self.attr_of(ino, &inode);
-        self.put(&mut st, &mut b, ino, inode);
-        self.set_entry(&mut st, &mut b, parent, name, ino)?;
-        self.touch_dir(
-            &mut st,
-            &mut b,
-            parent,
-            i32::from(kind == FileKind::Dir),
-            now,
-        )?;
-        self.commit(b)?;
-        Ok(attr)
-    }
-
-    /// A new name for an existing non-directory inode.
-    pub fn link(&self, ino: u64, parent: u64, name: &[u8]) -> Res<Attr> {
-        check_name(name)?;
-        let mut st = self.lock();
-        let mut i = self.inode(&st, ino)?;
-        if i.kind == FileKind::Dir {
-            return Err(libc::EPERM);
-        }
-        if self.child(&st, parent, name)?.is_some() {
-            return Err(libc::EEXIST);
-        }
-        let now = Ts::now();
-        let mut b = Batch::default();
-        i.nlink += 1;
-        i.ctime = now;
-        let attr = self.attr_of(ino, &i);
-        self.put(&mut st, &mut b, ino, i);
-        self.set_entry(&mut st, &mut b, parent, name, ino)?;
-        self.touch_dir(&mut st, &mut b, parent, 0, now)?;
-        self.commit(b)?;
-        Ok(attr)
-    }
-
-    /// Drops one name of `ino`; frees it when no name and no open handle is left.
-    fn drop_link(&self, st: &mut State, b: &mut Batch, ino: u64, now: Ts) -> Res<()> {
-        let mut i = self.inode(st, ino)?;
-        i.nlink = if i.kind == FileKind::Dir {
-            0
-        } else {
-            i.nlink.saturating_sub(1)
-        };
-        i.ctime = now;
-        if i.nlink == 0 && st.open.get(&ino).copied().unwrap_or(0) == 0 {
-            self.free(st, b, ino);
-        } else {
-            self.put(st, b, ino, i);
-        }
-        Ok(())
-    }
-
-    fn free(&self, st: &mut State, b: &mut Batch, ino: u64) {
-        st.inodes.remove(&ino);
-        st.chunks.remove(&ino);
-        if let Some(entries) = st.dirs.remove(&ino) {
-            for name in entries.keys() {
-                b.del_dirent(ino, name);
-            }
-        }
-        b.del_inode(ino);
-        self.files
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&ino);
-        let _ = std::fs::remove_file(self.layer.backing_path(ino));
-    }
-
-    pub fn unlink(&self, parent: u64, name: &[u8]) -> Res<()> {
-        if name.len() > MAX_NAME {
-            return Err(libc::ENAMETOOLONG);
-        }
-        let mut st = self.lock();
-        let ino = self.child(&st, parent, name)?.ok_or(libc::ENOENT)?;
-        if self.inode(&st, ino)?.kind == FileKind::Dir {
-            return Err(libc::EISDIR);
-        }
-        let now = Ts::now();
-        let mut b = Batch::default();
-        self.remove_entry(&mut st, &mut b, parent, name)?;
-        self.touch_dir(&mut st, &mut b, parent, 0, now)?;
-        self.drop_link(&mut st, &mut b, ino, now)?;
-        self.commit(b)
-    }
-
-    pub fn rmdir(&self, parent: u64, name: &[u8]) -> Res<()> {
-        if name.len() > MAX_NAME {
-            return Err(libc::ENAMETOOLONG);
-        }
-        let mut st = self.lock();
-        let ino = self.child(&st, parent, name)?.ok_or(libc::ENOENT)?;
-        if self.inode(&st, ino)?.kind != FileKind::Dir {
-            return Err(libc::ENOTDIR);
-        }
-        if !self.children(&st, ino)?.is_empty() {
-            return Err(libc::ENOTEMPTY);
-        }
-        let now = Ts::now();
-        let mut b = Batch::default();
-        self.remove_entry(&mut st, &mut b, parent, name)?;
-        self.touch_dir(&mut st, &mut b, parent, -1, now)?;
-        self.drop_link(&mut st, &mut b, ino, now)?;
-        self.commit(b)
-    }
-
-    /// Whether directory `dir` is `ancestor` or lies below it.
-    fn within(&self, st: &State, mut dir: u64, ancestor: u64) -> Res<bool> {
-        // Bounded: a path has at most PATH_MAX / 2 components.
-        for _ in 0..libc::PATH_MAX {
-            if dir == ancestor {
-                return Ok(true);
-            }
-            if dir == super::tree::ROOT_INO {
-                return Ok(false);
-            }
-            dir = self.inode(st, dir)?.parent;
-        }
-        Ok(false)
-    }
-
-    pub fn rename(
-        &self,
-        parent: u64,
-        name: &[u8],
-        newparent: u64,
-        newname: &[u8],
-        flags: u32,
-    ) -> Res<()> {
-        if name.len() > MAX_NAME {
-            return Err(libc::ENAMETOOLONG);
-        }
-        check_name(newname)?;
-        if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0
-            || flags & RENAME_NOREPLACE != 0 && flags & RENAME_EXCHANGE != 0
-        {
-            return Err(libc::EINVAL);
-        }
-        let mut st = self.lock();
-        let src = self.child(&st, parent, name)?.ok_or(libc::ENOENT)?;
-        let dst = self.child(&st, newparent, newname)?;
-        if self.inode(&st, newparent)?.kind != FileKind::Dir {
-            return Err(libc::ENOTDIR);
-        }
-        if flags & RENAME_NOREPLACE != 0 && dst.is_some() {
-            return Err(libc::EEXIST);
-        }
-        if flags & RENAME_EXCHANGE != 0 && dst.is_none() {
-            return Err(libc::ENOENT);
-        }
-        let src_i = self.inode(&st, src)?;
-        let src_dir = src_i.kind == FileKind::Dir;
-        // A directory may not move below itself.
-        if src_dir && parent != newparent && self.within(&st, newparent, src)? {
-            return Err(libc::EINVAL);
-        }
-        let now = Ts::now();
-        let mut b = Batch::default();
-        if flags & RENAME_EXCHANGE != 0 {
-            let dst = dst.ok_or(libc::ENOENT)?;
-            let mut dst_i = self.inode(&st, dst)?;
-            if dst_i.kind == FileKind::Dir
-                && parent != newparent
-                && self.within(&st, parent, dst)?
-            {
-                return Err(libc::EINVAL);
-            }
-            self.set_entry(&mut st, &mut b, parent, name, dst)?;
-            self.set_entry(&mut st, &mut b, newparent, newname, src)?;
-            let dst_dir = dst_i.kind == FileKind::Dir;
-            let mut src_i = src_i;
-            src_i.parent = if src_dir { newparent } else { src_i.parent };
-            src_i.ctime = now;
-            dst_i.parent = if dst_dir { parent } else { dst_i.parent };
-            dst_i.ctime = now;
-            self.put(&mut st, &mut b, src, src_i);
-            self.put(&mut st, &mut b, dst, dst_i);
-            let delta = i32::from(dst_dir) - i32::from(src_dir);
-            if parent != newparent {
-                self.touch_dir(&mut st, &mut b, parent, delta, now)?;
-                self.touch_dir(&mut st, &mut b, newparent, -delta, now)?;
-            } else {
-                self.touch_dir(&mut st, &mut b, parent, 0, now)?;
-            }
-            return self.commit(b);
-        }
-        if let Some(dst) = dst {
-            if dst == src {
-                return Ok(());
-            }
-            let dst_i = self.inode(&st, dst)?;
-            match (src_dir, dst_i.kind == FileKind::Dir) {
-                (true, false) => return Err(libc::ENOTDIR),
-                (false, true) => return Err(libc::EISDIR),
-                (true, true) if !self.children(&st, dst)?.is_empty() => {
-                    return Err(libc::ENOTEMPTY);
-                }
-                _ => {}
-            }
-            if dst_i.kind == FileKind::Dir {
-                self.touch_dir(&mut st, &mut b, newparent, -1, now)?;
-            }
-            self.drop_link(&mut st, &mut b, dst, now)?;
-        }
-        self.remove_entry(&mut st, &mut b, parent, name)?;
-        self.set_entry(&mut st, &mut b, newparent, newname, src)?;
-        let mut src_i = self.inode(&st, src)?;
-        src_i.ctime = now;
-        if src_dir {
-            src_i.parent = newparent;
-        }
-        self.put(&mut st, &mut b, src, src_i);
-        let moved = i32::from(src_dir && parent != newparent);
-        self.touch_dir(&mut st, &mut b, parent, -moved, now)?;
-        if parent != newparent {
-            self.touch_dir(&mut st, &mut b, newparent, moved, now)?;
-        }
-        self.commit(b)
-    }
-
-    // ---- attributes ----------------------------------------------------------------------
-
-    pub fn setattr(&self, ino: u64, set: &SetAttr) -> Res<Attr> {
-        let mut st = self.lock();
-        let mut i = self.inode(&st, ino)?;
-        let now = Ts::now();
-        let mut b = Batch::default();
-        if let Some(size) = set.size {
-            if i.kind == FileKind::Dir {
-                return Err(libc::EISDIR);
-            }
-            if i.kind != FileKind::File {
-                return Err(libc::EINVAL);
-            }
-            self.truncate(&mut st, &mut b, ino, &mut i, size)?;
-            i.mtime = now;
-        }
-        if let Some(mode) = set.mode {
-            i.perm = (mode & 0o7777) as u16;
-        }
-        if let Some(uid) = set.uid {
-            i.uid = uid;
-        }
-        if let Some(gid) = set.gid {
-            i.gid = gid;
-        }
-        if let Some(t) = set.atime {
-            i.atime = t;
-        }
-        if let Some(t) = set.mtime {
-            i.mtime = t;
-        }
-        i.ctime = set.ctime.unwrap_or(now);
-        let attr = self.attr_of(ino, &i);
-        self.put(&mut st, &mut b, ino, i);
-        self.commit(b)?;
-        Ok(attr)
-    }
-
-    pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> Res<()> {
-        let mut st = self.lock();
-        let mut i = self.inode(&st, ino)?;
-        let at = i.xattrs.iter().position(|(n, _)| n == name);
-        match at {
-            Some(_) if flags & libc::XATTR_CREATE != 0 => return Err(libc::EEXIST),
-            None if flags & libc::XATTR_REPLACE != 0 => return Err(libc::ENODATA),
-            Some(k) => i.xattrs[k].1 = value.to_vec(),
-            None => {
-                i.xattrs.push((name.to_vec(), value.to_vec()));
-                i.xattrs.sort();
-            }
-        }
-        i.ctime = Ts::now();
-        let mut b = Batch::default();
-        self.put(&mut st, &mut b, ino, i);
-        self.commit(b)
-    }
-
-    pub fn removexattr(&self, ino: u64, name: &[u8]) -> Res<()> {
-        let mut st = self.lock();
-        let mut i = self.inode(&st, ino)?;
-        let k = i
-            .xattrs
-            .iter()
-            .position(|(n, _)| n == name)
-            .ok_or(libc::ENODATA)?;
-        i.xattrs.remove(k);
-        i.ctime = Ts::now();
-        let mut b = Batch::default();
-        self.put(&mut st, &mut b, ino, i);
-        self.commit(b)
     }
 }
 
@@ -1011,13 +738,50 @@ mod tests {
         let f = v
             .make(ME, ROOT, b"tmp", libc::S_IFREG | 0o644, 0, None)
             .unwrap();
-        v.write(f.ino, 0, b"data").unwrap();
+        let data = pattern(3 * INLINE_MAX);
+        v.write(f.ino, 0, &data).unwrap();
         v.open(f.ino).unwrap();
         v.unlink(ROOT, b"tmp").unwrap();
         assert_eq!(v.getattr(f.ino).unwrap().nlink, 0);
-        assert_eq!(v.read(f.ino, 0, 10).unwrap(), b"data");
+        assert_eq!(v.read(f.ino, 0, 1 << 20).unwrap(), data);
         v.release(f.ino).unwrap();
         assert_eq!(v.getattr(f.ino), Err(libc::ENOENT));
+        v.sync_all().unwrap();
         assert!(!v.layer.backing_path(f.ino).exists());
+    }
+
+    #[test]
+    fn small_files_stay_inline_until_they_outgrow_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (small, grown, empty) = {
+            let v = view(tmp.path());
+            let mk = |n: &[u8]| v.make(ME, ROOT, n, libc::S_IFREG | 0o644, 0, None).unwrap();
+            let (small, grown, empty) = (mk(b"small").ino, mk(b"grown").ino, mk(b"empty").ino);
+            v.write(small, 0, b"hello").unwrap();
+            v.write(small, 10, b"!").unwrap();
+            v.write(grown, 0, b"head").unwrap();
+            v.write(grown, INLINE_MAX, b"tail").unwrap();
+            let gone = mk(b"gone").ino;
+            v.write(gone, 0, &pattern(2 * INLINE_MAX)).unwrap();
+            v.unlink(ROOT, b"gone").unwrap();
+            v.sync_all().unwrap();
+            for ino in [small, empty, gone] {
+                assert!(
+                    !v.layer.backing_path(ino).exists(),
+                    "inode {ino} has a file"
+                );
+            }
+            assert!(v.layer.backing_path(grown).exists());
+            (small, grown, empty)
+        };
+        let v = view(tmp.path());
+        assert_eq!(v.read(small, 0, 100).unwrap(), b"hello\0\0\0\0\0!");
+        let g = v.read(grown, 0, 1 << 20).unwrap();
+        assert_eq!(g.len() as u64, INLINE_MAX + 4);
+        assert_eq!(&g[..4], b"head");
+        assert!(g[4..INLINE_MAX as usize].iter().all(|&b| b == 0));
+        assert_eq!(&g[INLINE_MAX as usize..], b"tail");
+        assert_eq!(v.getattr(empty).unwrap().size, 0);
+        assert_eq!(v.lookup(ROOT, b"gone"), Err(libc::ENOENT));
     }
 }

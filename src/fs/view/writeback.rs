@@ -1,0 +1,229 @@
+//! Metadata write-behind of the writable view: which records changed in memory, and writing
+//! them to the layer coalesced — one atomic batch per interval holding each changed record
+//! once (a file created, written, chmod'ed and closed is one record write).
+//!
+//! Crash rule: a batch is built from one consistent moment of the in-memory state (under the
+//! state lock) and applied atomically, so after `kill -9` the layer shows a state that existed
+//! at some moment. Backing files of freed inodes are deleted only once the batch that drops
+//! their record is durable; backing files without a record (written before a crash, or
+//! left by an unlinked-open file) are deleted at the next mount. Must never hold the state
+//! lock across a database write.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tracing::warn;
+
+use super::{Errno, Res, State, View, layer_errno};
+use crate::rwlayer::{Batch, Data, RwError};
+
+/// How long a change may stay in memory only (the bound is 200 ms).
+pub const INTERVAL: Duration = Duration::from_millis(100);
+
+/// Records changed since the last batch. A key is written as it is in memory at flush time:
+/// present → put, absent → delete.
+#[derive(Default)]
+pub(super) struct Dirty {
+    inodes: HashSet<u64>,
+    chunks: HashSet<u64>,
+    dirents: HashSet<(u64, Box<[u8]>)>,
+    next_ino: bool,
+    /// Backing files of freed inodes, deleted once the freeing batch is durable.
+    dead_files: Vec<u64>,
+    /// A write-behind batch failed: its errno, reported once per affected inode by the next
+    /// `fsync` or `release` of it.
+    failed: Option<(Errno, HashSet<u64>)>,
+}
+
+impl Dirty {
+    pub fn inode(&mut self, ino: u64) {
+        self.inodes.insert(ino);
+    }
+    pub fn chunks(&mut self, ino: u64) {
+        self.chunks.insert(ino);
+    }
+    pub fn dirent(&mut self, dir: u64, name: &[u8]) {
+        self.dirents.insert((dir, name.into()));
+    }
+    pub fn next_ino(&mut self) {
+        self.next_ino = true;
+    }
+    pub fn dead_file(&mut self, ino: u64) {
+        self.dead_files.push(ino);
+    }
+    fn is_empty(&self) -> bool {
+        self.inodes.is_empty()
+            && self.chunks.is_empty()
+            && self.dirents.is_empty()
+            && !self.next_ino
+            && self.dead_files.is_empty()
+    }
+    /// Puts back the keys of a batch that could not be written.
+    fn merge(&mut self, o: Dirty) {
+        self.inodes.extend(o.inodes);
+        self.chunks.extend(o.chunks);
+        self.dirents.extend(o.dirents);
+        self.next_ino |= o.next_ino;
+        self.dead_files.extend(o.dead_files);
+    }
+    /// The error a failed batch left for `ino`, once.
+    pub fn take_error(&mut self, ino: u64) -> Option<Errno> {
+        let (errno, inos) = self.failed.as_mut()?;
+        let errno = *errno;
+        if inos.remove(&ino) {
+            if inos.is_empty() {
+                self.failed = None;
+            }
+            return Some(errno);
+        }
+        None
+    }
+}
+
+impl State {
+    /// Takes the dirty set and encodes the records it names, as they are now.
+    fn take_batch(&mut self) -> (Batch, Dirty) {
+        let failed = self.dirty.failed.take();
+        let d = std::mem::take(&mut self.dirty);
+        self.dirty.failed = failed;
+        let mut b = Batch::default();
+        for &ino in &d.inodes {
+            match self.inodes.get(&ino) {
+                Some(i) => b.put_inode(ino, i),
+                None => b.del_inode(ino),
+            }
+        }
+        for &ino in &d.chunks {
+            match self.chunks.get(&ino) {
+                Some(m) => b.put_chunks(ino, m),
+                None if self.inodes.contains_key(&ino) || !d.inodes.contains(&ino) => {
+                    b.del_chunks(ino)
+                }
+                None => {} // del_inode dropped it
+            }
+        }
+        for (dir, name) in &d.dirents {
+            match self.dirs.get(dir).and_then(|e| e.get(name)) {
+                Some(&ino) => b.put_dirent(*dir, name, ino),
+                None => b.del_dirent(*dir, name),
+            }
+        }
+        if d.next_ino {
+            b.set_next_ino(self.next_ino);
+        }
+        (b, d)
+    }
+}
+
+impl View {
+    /// Writes every dirty record to the layer (not yet durable: see [`sync_all`]). Deletes
+    /// the backing files of freed inodes once their batch is durable.
+    ///
+    /// [`sync_all`]: View::sync_all
+    pub(super) fn write_behind(&self) -> Res<()> {
+        let _order = self.flushing.lock().unwrap_or_else(|e| e.into_inner());
+        let (batch, taken) = {
+            let mut st = self.lock();
+            if st.dirty.is_empty() {
+                return Ok(());
+            }
+            st.take_batch()
+        };
+        let dead = !taken.dead_files.is_empty();
+        let mut result = self.layer.apply(batch);
+        if result.is_ok() && dead {
+            result = self.layer.flush();
+        }
+        if let Err(e) = result {
+            return Err(self.failed(taken, e));
+        }
+        for ino in taken.dead_files {
+            let _ = std::fs::remove_file(self.layer.backing_path(ino));
+        }
+        Ok(())
+    }
+
+    /// Keeps the keys of a batch that failed for the next one, and the error for the files
+    /// it touched.
+    fn failed(&self, taken: Dirty, e: RwError) -> Errno {
+        let errno = layer_errno(e);
+        warn!(
+            errno,
+            "writing changed records to the writable layer failed"
+        );
+        let mut st = self.lock();
+        let mut inos = match st.dirty.failed.take() {
+            Some((_, inos)) => inos,
+            None => HashSet::new(),
+        };
+        inos.extend(taken.inodes.iter().copied());
+        st.dirty.failed = Some((errno, inos));
+        st.dirty.merge(taken);
+        errno
+    }
+
+    /// Makes every change durable (unmount, `syncfs`, `fsyncdir`).
+    pub fn sync_all(&self) -> Res<()> {
+        self.write_behind()?;
+        self.layer.flush().map_err(layer_errno)
+    }
+
+    /// Starts the thread that writes dirty records every [`INTERVAL`]; it ends when the
+    /// view is dropped.
+    pub fn start_write_behind(self: &Arc<Self>) {
+        let weak: Weak<View> = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("strata-writeback".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(INTERVAL);
+                    let Some(v) = weak.upgrade() else { break };
+                    // A failure is kept for fsync/close of the files it touched.
+                    let _ = v.write_behind();
+                }
+            });
+        if let Err(e) = spawned {
+            warn!(error = %e, "no write-behind thread: changes reach the layer at fsync and unmount");
+        }
+    }
+
+    /// At mount: frees inodes unlinked while open when the previous mount ended, and deletes
+    /// backing files that no record uses (written after the last batch before a crash).
+    pub(super) fn collect_garbage(&self) -> Result<(), RwError> {
+        let mut st = self.lock();
+        let orphans: Vec<u64> = st
+            .inodes
+            .iter()
+            .filter(|(_, i)| i.nlink == 0)
+            .map(|(&n, _)| n)
+            .collect();
+        for ino in orphans {
+            st.inodes.remove(&ino);
+            st.chunks.remove(&ino);
+            st.dirty.inode(ino);
+        }
+        for ino in self.layer.backing_files()? {
+            let used = st
+                .inodes
+                .get(&ino)
+                .is_some_and(|i| matches!(i.data, Data::Backing | Data::Partial { .. }));
+            if !used {
+                st.dirty.dead_file(ino);
+            }
+        }
+        drop(st);
+        self.write_behind().map_err(|errno| RwError::Io {
+            path: self.layer.dir().to_path_buf(),
+            source: std::io::Error::from_raw_os_error(errno),
+        })
+    }
+}
+
+impl Drop for View {
+    fn drop(&mut self) {
+        if let Err(errno) = self.sync_all() {
+            warn!(errno, "writable layer not fully written at unmount");
+        }
+    }
+}
