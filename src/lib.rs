@@ -5,7 +5,8 @@
 //! Modules, bottom to top; an import only ever points down this list (the test
 //! `fuse-tests/layering.rs` keeps it so):
 //! - leaves: `sys` (thin safe wrappers over system calls; the only module with `unsafe`),
-//!   `digest` (sha256 digests), `time` (RFC 3339 timestamps);
+//!   `digest` (sha256 digests), `time` (RFC 3339 timestamps), `paths` (where the state of
+//!   the user running strata lives: root or rootless defaults);
 //! - `layer` (the content-addressed store of extracted, indexed read-only layers) and
 //!   `rwlayer` (a container's writable layer in sled);
 //! - `image` (image records, tags, the OCI/Docker archive formats) and `fs` (the merged view
@@ -27,6 +28,7 @@ pub mod image;
 pub mod layer;
 pub mod logsink;
 pub mod net;
+pub mod paths;
 pub mod runtime;
 pub mod rwlayer;
 pub mod sys;
