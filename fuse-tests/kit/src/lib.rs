@@ -12,6 +12,7 @@ pub mod crashtest;
 pub mod difftest;
 pub mod harness;
 pub mod root;
+pub mod rootless;
 
 pub use common::*;
 pub use root::{ContainerRoot, DEADLINE};
