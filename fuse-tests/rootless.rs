@@ -476,3 +476,19 @@ fn umount_cleans_up_after_a_killed_daemon_and_faults_name_the_fix() {
     );
     assert!(!is_mounted(&m));
 }
+
+#[test]
+fn containers_say_they_need_root_for_now_and_change_nothing() {
+    let u = loaded();
+    for args in [
+        &["run", "--rm", IMAGE, "echo", "hi"][..],
+        &["create", "--name", "c", IMAGE],
+        &["network", "create", "backend"],
+    ] {
+        let o = u.strata(args);
+        assert_eq!(o.code, 125, "{args:?}: {o:?}");
+        assert_eq!(o.err.trim().lines().count(), 1, "{o:?}");
+        assert!(o.err.contains("needs root for now"), "{o:?}");
+    }
+    assert_eq!(u.strata_ok(&["ps", "-a", "-q"]), "");
+}

@@ -182,6 +182,25 @@ impl Command {
         )
     }
 
+    /// The verb of a command that only root can run yet (containers start processes in
+    /// namespaces, networks change the host's): `None` for the others.
+    fn needs_root(&self) -> Option<&'static str> {
+        use containers::ContainerCommand as C;
+        use network::NetworkCommand as N;
+        match self {
+            Command::Containers(c) => match **c {
+                C::Run(_) => Some("run"),
+                C::Create(_) => Some("create"),
+                C::Start(_) => Some("start"),
+                C::Restart(_) => Some("restart"),
+                C::Exec(_) => Some("exec"),
+                _ => None,
+            },
+            Command::Network(N::Create { .. }) => Some("network create"),
+            _ => None,
+        }
+    }
+
     /// The commands that only read the state root (listings, inspection, output of images and
     /// containers to files elsewhere).
     fn reads_only(&self) -> bool {
@@ -227,6 +246,13 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     let creates = !cli.command.reads_only();
     if cli.command.uses_state_root() && (creates || root.exists()) {
         crate::paths::check_state_root(&root)?;
+    }
+    if crate::paths::Mode::current() == crate::paths::Mode::Rootless
+        && let Some(verb) = cli.command.needs_root()
+    {
+        anyhow::bail!(
+            "`strata {verb}` needs root for now: containers without root (in a user namespace) are not supported yet; as an ordinary user, load, mount and mount --rw work (see `strata info`)"
+        );
     }
     // A command that only reads, on a state root that does not exist yet, answers as an empty
     // store does, without creating one where the user pointed: it reads an empty scratch root
