@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 /// Tiers, bottom to top; a module may name only modules of a lower tier.
 const ORDER: &[&[&str]] = &[
-    &["sys", "digest", "time", "logsink"],
+    &["sys", "digest", "time", "logsink", "paths"],
     &["layer", "rwlayer"],
     &["image", "fs"],
     &["net"],

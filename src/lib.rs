@@ -6,7 +6,8 @@
 //! `fuse-tests/layering.rs` keeps it so):
 //! - leaves: `sys` (thin safe wrappers over system calls; the only module with `unsafe`),
 //!   `digest` (sha256 digests), `time` (RFC 3339 timestamps), `logsink` (where `tracing`
-//!   lines go: standard error, through a writer that cannot fail);
+//!   lines go: standard error, through a writer that cannot fail), `paths` (where the state
+//!   of the user running strata lives: root or rootless defaults);
 //! - `layer` (the content-addressed store of extracted, indexed read-only layers) and
 //!   `rwlayer` (a container's writable layer in sled);
 //! - `image` (image records, tags, the OCI/Docker archive formats) and `fs` (the merged view
@@ -28,6 +29,7 @@ pub mod image;
 pub mod layer;
 pub mod logsink;
 pub mod net;
+pub mod paths;
 pub mod runtime;
 pub mod rwlayer;
 pub mod sys;

@@ -120,7 +120,7 @@ fn every_subcommand_reports_a_bad_argument_as_strata_error_125() {
     ]
     .into_iter()
     .collect();
-    let no_args = ["images", "ps", "volume ls", "network ls"];
+    let no_args = ["images", "ps", "volume ls", "network ls", "info"];
 
     let commands = every_command(&root);
     assert!(commands.len() > 30, "{commands:?}");

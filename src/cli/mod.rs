@@ -9,6 +9,7 @@
 mod containers;
 mod diff;
 mod images;
+mod info;
 mod mount;
 mod network;
 
@@ -27,14 +28,10 @@ pub const EXIT_TOOL_ERROR: i32 = 125;
     about = "Containers on a userspace layered file system"
 )]
 pub struct Cli {
-    /// State root: images, layers, containers.
-    #[arg(
-        long,
-        global = true,
-        env = "STRATA_ROOT",
-        default_value = "/var/lib/strata"
-    )]
-    pub root: PathBuf,
+    /// State root: images, layers, containers [default: /var/lib/strata as root,
+    /// $XDG_DATA_HOME/strata (~/.local/share/strata) as any other user].
+    #[arg(long, global = true, env = "STRATA_ROOT", value_name = "DIR")]
+    pub root: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -122,6 +119,13 @@ pub enum Command {
         /// Only this container port (`80` or `80/udp`).
         port: Option<String>,
     },
+    /// Show where strata keeps its state and what this user can do: root or rootless mode,
+    /// the state root, /dev/fuse, fusermount3, allow_other, passthrough.
+    Info {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script.
     ///
     /// `tools/demo` installs them; by hand, e.g.:
@@ -195,6 +199,34 @@ impl Command {
         }
     }
 
+    /// The commands that touch the state root at all (not `info`, which reports on it, nor
+    /// the completion and man page writers).
+    fn uses_state_root(&self) -> bool {
+        !matches!(
+            self,
+            Command::Info { .. } | Command::Completion { .. } | Command::Man { .. }
+        )
+    }
+
+    /// The verb of a command that only root can run yet (containers start processes in
+    /// namespaces, networks change the host's): `None` for the others.
+    fn needs_root(&self) -> Option<&'static str> {
+        use containers::ContainerCommand as C;
+        use network::NetworkCommand as N;
+        match self {
+            Command::Containers(c) => match **c {
+                C::Run(_) => Some("run"),
+                C::Create(_) => Some("create"),
+                C::Start(_) => Some("start"),
+                C::Restart(_) => Some("restart"),
+                C::Exec(_) => Some("exec"),
+                _ => None,
+            },
+            Command::Network(N::Create { .. }) => Some("network create"),
+            _ => None,
+        }
+    }
+
     /// The commands that only read the state root (listings, inspection, output of images and
     /// containers to files elsewhere).
     fn reads_only(&self) -> bool {
@@ -229,18 +261,37 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         // Not for the daemons: a shim or mount daemon must never die of a closed pipe.
         crate::sys::default_sigpipe();
     }
+    let given = cli.root.is_some();
+    let root = match cli.root {
+        Some(root) => root,
+        None => crate::paths::default_state_root()?,
+    };
+    // Not the user's own state root (another user's, or one it cannot create): one sentence
+    // naming the fix, before anything is read or written. (A command that only reads needs
+    // no state root it could create: see below.)
+    let creates = !cli.command.reads_only();
+    if cli.command.uses_state_root() && (creates || root.exists()) {
+        crate::paths::check_state_root(&root)?;
+    }
+    if crate::paths::Mode::current() == crate::paths::Mode::Rootless
+        && let Some(verb) = cli.command.needs_root()
+    {
+        anyhow::bail!(
+            "`strata {verb}` needs root for now: containers without root (in a user namespace) are not supported yet; as an ordinary user, load, mount and mount --rw work (see `strata info`)"
+        );
+    }
     // A command that only reads, on a state root that does not exist yet, answers as an empty
     // store does, without creating one where the user pointed: it reads an empty scratch root
     // (removed on return).
     let _scratch;
-    let root = if cli.command.reads_only() && !cli.root.exists() {
+    let root = if cli.command.reads_only() && !root.exists() {
         _scratch = tempfile::Builder::new()
             .prefix("strata-empty-")
             .tempdir()
             .context("creating an empty scratch state root")?;
         _scratch.path().to_path_buf()
     } else {
-        cli.root
+        root
     };
     match cli.command {
         Command::Load { input, path, quiet } => {
@@ -263,6 +314,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Containers(cmd) => containers::dispatch(&root, *cmd),
         Command::Network(cmd) => network::dispatch(&root, cmd),
         Command::Port { container, port } => network::port(&root, &container, port.as_deref()),
+        Command::Info { json } => info::show(&root, given, json),
         Command::Completion { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "strata", &mut std::io::stdout());

@@ -3,6 +3,9 @@
 //! `mount -d` re-executes strata as a detached daemon (`__serve-mount`) and returns once the
 //! mount is live; the daemon records itself in `<root>/mounts/` so `umount` can stop it, and
 //! unmounts cleanly on SIGINT/SIGTERM/SIGHUP or when someone unmounts it from outside.
+//! Without root the mount goes through `fusermount3` (fuser does that when `mount(2)` is
+//! refused), private to the user unless `/etc/fuse.conf` allows `allow_other`, and reads go
+//! through strata (FUSE passthrough needs CAP_SYS_ADMIN).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
@@ -17,6 +20,7 @@ use tracing::{info, info_span, warn};
 
 use crate::digest::Digest;
 use crate::fs;
+use crate::fs::access::FuseAccess;
 use crate::image::{ImageRecord, ImageStore, User};
 use crate::sys;
 
@@ -41,6 +45,10 @@ pub struct MountArgs {
     /// (no OPEN round trips at all; best for many small files read again and again).
     #[arg(long, value_enum, default_value_t = Io::Passthrough)]
     pub io: Io,
+    /// Let other users (root too) into the mount. Root's mounts always are; without root
+    /// this needs `user_allow_other` in /etc/fuse.conf (and is then the default).
+    #[arg(long)]
+    pub allow_other: bool,
     /// FUSE worker threads.
     #[arg(long, default_value_t = 4, hide = true)]
     pub threads: usize,
@@ -54,8 +62,11 @@ pub enum Io {
 }
 
 impl Io {
-    fn mode(self) -> fs::OpenMode {
+    /// The open mode of a mount by this process: passthrough only where the kernel grants it
+    /// (without CAP_SYS_ADMIN in the initial user namespace, reads go through strata, cached).
+    fn mode(self, access: &FuseAccess) -> fs::OpenMode {
         match self {
+            Io::Passthrough if !access.passthrough => fs::OpenMode::Cached,
             Io::Passthrough => fs::OpenMode::Passthrough,
             Io::Cached => fs::OpenMode::Cached,
             Io::NoOpen => fs::OpenMode::NoOpen,
@@ -126,6 +137,10 @@ fn check_not_mounted(root: &Path, mountpoint: &Path) -> anyhow::Result<()> {
 }
 
 pub fn mount(root: &Path, args: MountArgs) -> anyhow::Result<i32> {
+    // What this user may do with FUSE: said before anything else, in one sentence.
+    let access = FuseAccess::probe();
+    access.check_mountable()?;
+    access.acl(args.allow_other)?;
     check_not_mounted(root, &args.mountpoint)?;
     let store = ImageStore::open(root)?;
     let image = store.resolve(&args.image)?;
@@ -162,6 +177,7 @@ pub fn mount(root: &Path, args: MountArgs) -> anyhow::Result<i32> {
         .arg(args.threads.to_string())
         .arg("--io")
         .arg(args.io.flag())
+        .args(args.allow_other.then_some("--allow-other"))
         .args(layer.iter().flat_map(|l| {
             [
                 std::ffi::OsStr::new("--rw"),
@@ -272,6 +288,9 @@ fn serve_held(
 ) -> anyhow::Result<i32> {
     let started = Instant::now();
     let layers = &image.layers;
+    let access = FuseAccess::probe();
+    access.check_mountable()?;
+    let acl = access.acl(args.allow_other)?;
     match layer {
         Some(dir) => {
             let filesystem = fs::read_write(store.layers(), layers, dir)?;
@@ -284,14 +303,17 @@ fn serve_held(
                     chain: fs::chain_id(layers).as_str().to_string(),
                 },
             )?;
-            let config = fs::read_write_config(FSNAME, args.threads);
+            let mut config = fs::read_write_config(FSNAME, args.threads);
+            config.acl = acl;
             let session = fs::mount(filesystem, mountpoint, &config)?;
             info!(elapsed_ms = started.elapsed().as_millis() as u64, "mounted");
             serve_session(root, session, &args.image, mountpoint, say_ready, signals)
         }
         None => {
-            let filesystem = fs::read_only(store.layers(), layers)?.with_mode(args.io.mode());
-            let config = fs::read_only_config(FSNAME, args.threads);
+            let filesystem =
+                fs::read_only(store.layers(), layers)?.with_mode(args.io.mode(&access));
+            let mut config = fs::read_only_config(FSNAME, args.threads);
+            config.acl = acl;
             let session = fs::mount(filesystem, mountpoint, &config)?;
             info!(elapsed_ms = started.elapsed().as_millis() as u64, "mounted");
             serve_session(root, session, &args.image, mountpoint, say_ready, signals)
@@ -327,7 +349,7 @@ fn serve_session<F: fuser::Filesystem>(
             if let Err(e) = unmounter.unmount() {
                 // Busy (a shell sits in it): detach now, the kernel finishes when it is free.
                 warn!(error = %e, "unmount failed; detaching lazily");
-                let _ = sys::unmount_lazy(&mp);
+                let _ = fs::access::unmount(&mp);
             }
         }
     });
@@ -373,7 +395,7 @@ pub fn umount(root: &Path, mountpoint: &Path) -> anyhow::Result<i32> {
     }
     if mounted() {
         // No live daemon (killed, or a mount of another strata): drop the dead mount.
-        sys::unmount_lazy(&path).with_context(|| format!("unmounting {}", path.display()))?;
+        fs::access::unmount(&path)?;
     } else if record.is_none() {
         bail!("{} is not a strata mount", mountpoint.display());
     }

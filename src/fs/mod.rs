@@ -3,10 +3,13 @@
 //! Owns the overlay semantics (`tree`), the read-only FUSE adapter (`fuse`), the writable
 //! view over one writable layer (`view`) and its FUSE adapter (`rwfuse`), the change set of
 //! a writable view (`changes`: Docker's A/C/D, as a layer tar, served to other processes),
-//! and the rules for where a mount may go. Must never modify a read-only layer, never mount
-//! where the mount could serve itself (inside the state root: a FUSE request would then wait
-//! on the FUSE daemon), and knows nothing of images' records or of containers.
+//! the rules for where a mount may go, and what this user may do with FUSE (`access`: the
+//! device, `fusermount3`, `allow_other`, passthrough). Must never modify a read-only layer,
+//! never mount where the mount could serve itself (inside the state root: a FUSE request
+//! would then wait on the FUSE daemon), and knows nothing of images' records or of
+//! containers.
 
+pub mod access;
 pub mod changes;
 mod fuse;
 mod rwfuse;

@@ -28,6 +28,7 @@ pub mod paths;
 pub mod posix;
 pub mod rng;
 pub mod root;
+pub mod rootless;
 pub mod snapshot;
 pub mod stratabin;
 pub mod tools;
