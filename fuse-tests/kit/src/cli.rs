@@ -56,12 +56,19 @@ pub fn strata_io_env(
     deadline: Duration,
     env: &[(&str, &str)],
 ) -> Out {
-    let mut child = Command::new(strata_bin())
-        .arg("--root")
+    let mut cmd = Command::new(strata_bin());
+    cmd.arg("--root")
         .arg(root)
         .args(args)
         .env("RUST_LOG", "strata=warn")
-        .envs(env.iter().copied())
+        .envs(env.iter().copied());
+    output_within(cmd, stdin, deadline)
+}
+
+/// Runs `cmd` with its output captured (and `stdin` fed to it, else /dev/null); kills it (by
+/// PID) when `deadline` passes.
+pub fn output_within(mut cmd: Command, stdin: Option<&[u8]>, deadline: Duration) -> Out {
+    let mut child = cmd
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
@@ -70,7 +77,7 @@ pub fn strata_io_env(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn strata");
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     if let (Some(data), Some(mut si)) = (stdin, child.stdin.take()) {
         let data = data.to_vec();
         std::thread::spawn(move || {
@@ -102,19 +109,20 @@ pub fn strata_io_env(
     }
     let end = Instant::now() + deadline;
     let status = loop {
-        if let Some(st) = child.try_wait().expect("wait strata") {
+        if let Some(st) = child.try_wait().expect("wait") {
             break st;
         }
         if Instant::now() > end {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("strata {args:?} did not finish within {deadline:?}");
+            panic!("{cmd:?} did not finish within {deadline:?}");
         }
         std::thread::sleep(Duration::from_millis(5));
     };
     let (mut out, mut err) = (String::new(), String::new());
     for _ in 0..2 {
-        // The shim of an attached run holds the pipes a moment longer.
+        // Bounded: the shim of an attached run (or anything left behind) may hold the
+        // pipes a moment longer.
         match rx.recv_timeout(Duration::from_secs(10)) {
             Ok((0, s)) => out = s,
             Ok((_, s)) => err = s,

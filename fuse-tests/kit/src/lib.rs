@@ -33,7 +33,7 @@ pub mod snapshot;
 pub mod stratabin;
 pub mod tools;
 
-pub use cli::{Out, run, strata, strata_io, strata_io_env, strata_ok};
+pub use cli::{Out, output_within, run, strata, strata_io, strata_io_env, strata_ok};
 pub use mounts::{MountGuard, is_mounted, kill9, unmount, wait_exit, wait_unmounted};
 pub use overlay::{Overlay, OverlayOracle, extract_lowers, implied_dirs};
 pub use paths::{

@@ -7,14 +7,13 @@
 //! the XDG variables set, and on drop every mount under that HOME is detached and the HOME
 //! removed, also when the test failed.
 
-use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::{Out, strata_bin};
+use crate::{Out, output_within, strata_bin};
 
 /// The unprivileged user the rootless tests run as.
 pub const USER: &str = "strata-rootless";
@@ -245,7 +244,7 @@ impl UserSession {
     pub fn strata_env(&self, args: &[&str], env: &[(&str, &str)]) -> Out {
         let mut c = self.command(env);
         c.arg(&self.bin).args(args);
-        output_within(c, USER_DEADLINE)
+        output_within(c, None, USER_DEADLINE)
     }
 
     pub fn strata(&self, args: &[&str]) -> Out {
@@ -263,7 +262,7 @@ impl UserSession {
     pub fn sh_env(&self, script: &str, env: &[(&str, &str)]) -> Out {
         let mut c = self.command(env);
         c.args(["sh", "-c", script]);
-        output_within(c, USER_DEADLINE)
+        output_within(c, None, USER_DEADLINE)
     }
 
     pub fn sh(&self, script: &str) -> Out {
@@ -316,63 +315,6 @@ impl Drop for UserSession {
 
 fn chown(p: &Path, user: RootlessUser) {
     std::os::unix::fs::chown(p, Some(user.uid), Some(user.gid)).expect("chown to the test user");
-}
-
-/// Runs `cmd` with its output captured; kills it (by PID) when `deadline` passes.
-pub fn output_within(mut cmd: Command, deadline: Duration) -> Out {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let pipes = [
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    ];
-    for (i, pipe) in pipes.into_iter().enumerate() {
-        let tx = tx.clone();
-        if let Some(mut p) = pipe {
-            std::thread::spawn(move || {
-                let mut s = Vec::new();
-                let _ = p.read_to_end(&mut s);
-                let _ = tx.send((i, String::from_utf8_lossy(&s).into_owned()));
-            });
-        }
-    }
-    let end = Instant::now() + deadline;
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("wait") {
-            break st;
-        }
-        if Instant::now() > end {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?} did not finish within {deadline:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let (mut out, mut err) = (String::new(), String::new());
-    for _ in 0..2 {
-        // Bounded: a process left behind holding a pipe must not hang the test.
-        match rx.recv_timeout(Duration::from_secs(10)) {
-            Ok((0, s)) => out = s,
-            Ok((_, s)) => err = s,
-            Err(_) => break,
-        }
-    }
-    Out {
-        code: status.code().unwrap_or(-1),
-        out,
-        err,
-    }
 }
 
 #[cfg(test)]
