@@ -684,15 +684,48 @@ pub struct Member<'a> {
     pub net: &'a ContainerNet,
 }
 
+/// Connecting a container to its network, begun by [`start_attach`].
+pub enum Attaching {
+    /// Nothing to do (`none`, `host`).
+    Nothing,
+    /// A bridge: wired by [`Attaching::finish`].
+    Bridge { root: PathBuf, pid: i32 },
+    /// pasta (containers without root), already starting.
+    Pasta(pasta::Starting),
+}
+
+/// Begins connecting the network namespace of `pid` (the container's init, which waits):
+/// pasta starts at once, so that it gets ready while the shim opens the rootfs.
+pub fn start_attach(root: &Path, m: &Member<'_>, pid: i32) -> Result<Attaching, NetError> {
+    if !m.net.bridged() {
+        return Ok(Attaching::Nothing);
+    }
+    if crate::paths::Mode::current() == crate::paths::Mode::Rootless {
+        return pasta::start(m, pid).map(Attaching::Pasta);
+    }
+    Ok(Attaching::Bridge {
+        root: root.to_path_buf(),
+        pid,
+    })
+}
+
+impl Attaching {
+    /// Completes what [`start_attach`] began; on error nothing of it is left.
+    pub fn finish(self, m: &Member<'_>) -> Result<Option<Attached>, NetError> {
+        match self {
+            Attaching::Nothing => Ok(None),
+            Attaching::Bridge { root, pid } => attach(&root, m, pid),
+            Attaching::Pasta(p) => p.finish().map(Some),
+        }
+    }
+}
+
 /// Connects the network namespace of `pid` (the container's init, stopped before it goes
 /// on) to its network: a veth pair, an address, a default route, the published ports,
 /// `/etc/hosts`. On error nothing of it is left.
-pub fn attach(root: &Path, m: &Member<'_>, pid: i32) -> Result<Option<Attached>, NetError> {
+fn attach(root: &Path, m: &Member<'_>, pid: i32) -> Result<Option<Attached>, NetError> {
     if !m.net.bridged() {
         return Ok(None);
-    }
-    if crate::paths::Mode::current() == crate::paths::Mode::Rootless {
-        return pasta::attach(m, pid).map(Some);
     }
     let _s = info_span!("net_attach", network = m.net.mode, pid).entered();
     let n = Networks::open(root)?.get(&m.net.mode)?;

@@ -100,10 +100,42 @@ fn arguments(maps: &[Mapping], pid: i32, pid_file: &Path) -> Vec<String> {
     args
 }
 
+/// pasta on its way: started, not yet ready.
+pub struct Starting {
+    child: std::process::Child,
+    bin: PathBuf,
+    pid_file: PathBuf,
+    log: PathBuf,
+    dir: PathBuf,
+    maps: Vec<Mapping>,
+    /// Set once recorded: from then on [`detach`] ends it.
+    done: bool,
+}
+
+impl Drop for Starting {
+    /// Abandoned before it was recorded (the start failed elsewhere): end it.
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(pid) = std::fs::read_to_string(&self.pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+            && let Some(start) = crate::sys::process_start_time(pid)
+        {
+            detach_record(&Record { pid, start });
+        }
+        let _ = std::fs::remove_file(&self.pid_file);
+    }
+}
+
 /// Starts pasta for the container `m` whose init (in its own user and network namespaces)
-/// is `pid`; returns once the namespace is configured and the published ports listen.
-pub fn attach(m: &Member<'_>, pid: i32) -> Result<Attached, NetError> {
-    let _s = info_span!("pasta_attach", pid).entered();
+/// is `pid`; [`Starting::finish`] waits until the namespace is configured and the published
+/// ports listen (the rootfs is opened meanwhile).
+pub fn start(m: &Member<'_>, pid: i32) -> Result<Starting, NetError> {
+    let _s = info_span!("pasta_start", pid).entered();
     let Some(bin) = binary() else {
         return Err(NetError::Rootless(
             "containers without root reach the network through pasta, which is not \
@@ -131,67 +163,89 @@ pub fn attach(m: &Member<'_>, pid: i32) -> Result<Attached, NetError> {
     let _ = std::fs::remove_file(&pid_file);
     let log = m.dir.join("pasta.log");
     let err = std::fs::File::create(&log).map_err(super::io_err(&log))?;
-    let mut child = Command::new(&bin)
+    let child = Command::new(&bin)
         .args(arguments(&maps, pid, &pid_file))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(err)
         .spawn()
         .map_err(|e| cmd_err(&bin, e.to_string()))?;
-    // pasta forks into the background once it is ready; its first process then exits.
-    let deadline = Instant::now() + READY_WITHIN;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break s,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
-            Ok(None) | Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(cmd_err(&bin, "did not finish setting up in time".into()));
+    Ok(Starting {
+        child,
+        bin,
+        pid_file,
+        log,
+        dir: m.dir.to_path_buf(),
+        maps,
+        done: false,
+    })
+}
+
+impl Starting {
+    /// Waits for pasta to be ready and records it; on failure nothing of it is left.
+    pub fn finish(mut self) -> Result<Attached, NetError> {
+        let _s = info_span!("pasta_ready").entered();
+        let bin = &self.bin;
+        // pasta forks into the background once it is ready; its first process then exits.
+        let deadline = Instant::now() + READY_WITHIN;
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(s)) => break s,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                Ok(None) | Err(_) => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    return Err(cmd_err(bin, "did not finish setting up in time".into()));
+                }
             }
+        };
+        if !status.success() {
+            let mut text = String::new();
+            let _ = std::fs::File::open(&self.log).and_then(|mut f| f.read_to_string(&mut text));
+            // pasta also complains that it has no syslog to write to: not the reason.
+            let why: Vec<&str> = text
+                .split("Failed to send")
+                .flat_map(|part| part.split_once("syslog").map_or(part, |(_, r)| r).lines())
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            return Err(cmd_err(bin, format!("{status}: {}", why.join("; "))));
         }
-    };
-    if !status.success() {
-        let mut text = String::new();
-        let _ = std::fs::File::open(&log).and_then(|mut f| f.read_to_string(&mut text));
-        // pasta also complains that it has no syslog to write to: not the reason.
-        let why: Vec<&str> = text
-            .split("Failed to send")
-            .flat_map(|part| part.split_once("syslog").map_or(part, |(_, r)| r).lines())
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect();
-        return Err(cmd_err(&bin, format!("{status}: {}", why.join("; "))));
+        let daemon: i32 = std::fs::read_to_string(&self.pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| cmd_err(bin, "wrote no PID file".into()))?;
+        let record = Record {
+            pid: daemon,
+            start: crate::sys::process_start_time(daemon).unwrap_or(0),
+        };
+        let rp = self.dir.join(PASTA_RECORD);
+        std::fs::write(&rp, serde_json::to_vec(&record).expect("serializable"))
+            .map_err(super::io_err(&rp))?;
+        self.done = true;
+        let _ = std::fs::remove_file(&self.pid_file);
+        let attached = Attached {
+            network: DEFAULT_NETWORK.into(),
+            bridge: PASTA.into(),
+            ip: String::new(),
+            prefix: 0,
+            gateway: String::new(),
+            veth: String::new(),
+            ports: std::mem::take(&mut self.maps),
+        };
+        let rec = self.dir.join(NET_RECORD);
+        if let Err(e) = std::fs::write(
+            &rec,
+            serde_json::to_vec_pretty(&attached).expect("serializable"),
+        ) {
+            detach(&self.dir);
+            return Err(super::io_err(&rec)(e));
+        }
+        info!(pasta = daemon, ports = attached.ports.len(), "attached");
+        Ok(attached)
     }
-    let daemon: i32 = std::fs::read_to_string(&pid_file)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .ok_or_else(|| cmd_err(&bin, "wrote no PID file".into()))?;
-    let record = Record {
-        pid: daemon,
-        start: crate::sys::process_start_time(daemon).unwrap_or(0),
-    };
-    let rp = m.dir.join(PASTA_RECORD);
-    std::fs::write(&rp, serde_json::to_vec(&record).expect("serializable"))
-        .map_err(super::io_err(&rp))?;
-    let _ = std::fs::remove_file(&pid_file);
-    let attached = Attached {
-        network: DEFAULT_NETWORK.into(),
-        bridge: PASTA.into(),
-        ip: String::new(),
-        prefix: 0,
-        gateway: String::new(),
-        veth: String::new(),
-        ports: maps,
-    };
-    let rec = m.dir.join(NET_RECORD);
-    std::fs::write(
-        &rec,
-        serde_json::to_vec_pretty(&attached).expect("serializable"),
-    )
-    .map_err(super::io_err(&rec))?;
-    info!(pasta = daemon, ports = attached.ports.len(), "attached");
-    Ok(attached)
 }
 
 fn cmd_err(bin: &Path, msg: String) -> NetError {
@@ -204,26 +258,29 @@ fn cmd_err(bin: &Path, msg: String) -> NetError {
 /// Ends the container's pasta (if it still runs and is still the one recorded).
 pub fn detach(dir: &Path) {
     let rp = dir.join(PASTA_RECORD);
-    let Some(r) = std::fs::read(&rp)
+    if let Some(r) = std::fs::read(&rp)
         .ok()
         .and_then(|t| serde_json::from_slice::<Record>(&t).ok())
-    else {
-        let _ = std::fs::remove_file(&rp);
-        return;
-    };
-    if crate::sys::process_start_time(r.pid) == Some(r.start)
+    {
+        detach_record(&r);
+    }
+    let _ = std::fs::remove_file(&rp);
+}
+
+fn detach_record(r: &Record) {
+    if crate::sys::process_runs(r.pid, r.start)
         && let Some(p) = rustix::process::Pid::from_raw(r.pid)
     {
         if let Err(e) = rustix::process::kill_process(p, rustix::process::Signal::TERM) {
             warn!(pid = r.pid, error = %e, "ending pasta");
         }
-        // Not our child (it forked away): wait for it to go, bounded.
+        // Not our child (it forked away): wait for it to go (its ports free), bounded; as a
+        // zombie it is gone, whenever its parent reaps it.
         let until = Instant::now() + Duration::from_secs(5);
-        while crate::sys::process_start_time(r.pid) == Some(r.start) && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(5));
+        while crate::sys::process_runs(r.pid, r.start) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
-    let _ = std::fs::remove_file(&rp);
 }
 
 #[cfg(test)]

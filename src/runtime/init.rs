@@ -129,6 +129,21 @@ pub struct Child<'a> {
     pub console: Option<OwnedFd>,
 }
 
+/// The namespaces the shim clones the init into: pid, mount, uts, ipc, the network unless
+/// the spec shares the host's, and a user namespace first when `rootless` (which then owns
+/// the others, so no privilege is needed).
+pub fn namespaces(spec: &Spec, rootless: bool) -> UnshareFlags {
+    let mut flags =
+        UnshareFlags::NEWPID | UnshareFlags::NEWNS | UnshareFlags::NEWUTS | UnshareFlags::NEWIPC;
+    if spec.linux.namespaces.iter().any(|n| n.kind == "network") {
+        flags |= UnshareFlags::NEWNET;
+    }
+    if rootless {
+        flags |= UnshareFlags::NEWUSER;
+    }
+    flags
+}
+
 /// Runs in the forked child: never returns.
 pub fn child_main(c: Child<'_>) -> ! {
     let Err(f) = run_child(&c);
@@ -151,12 +166,7 @@ fn run_child(c: &Child<'_>) -> Result<Infallible, Fail> {
         _ => csys::exit_now(EXIT_RUNTIME),
     }
 
-    let mut flags = UnshareFlags::NEWNS | UnshareFlags::NEWUTS | UnshareFlags::NEWIPC;
-    if c.spec.linux.namespaces.iter().any(|n| n.kind == "network") {
-        flags |= UnshareFlags::NEWNET;
-    }
-    csys::unshare_namespaces(flags).map_err(fail("unshare"))?;
-    // Nothing mounted from here on propagates to the host.
+    // Our namespaces came with the clone (see `namespaces`). Nothing mounted from here on propagates to the host.
     rustix::mount::mount_change(
         "/",
         MountPropagationFlags::DOWNSTREAM | MountPropagationFlags::REC,

@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 use rustix::fs::{Mode, OFlags};
 use rustix::pipe::{PipeFlags, pipe_with};
 use rustix::process::{Pid, Signal};
-use rustix::thread::UnshareFlags;
 use tracing::{info, info_span, warn};
 
 use super::init::{self, Child, ChildIo, EXIT_RUNTIME, Fail, Msg};
@@ -324,12 +323,9 @@ fn launch(root: &Path, c: &Container) -> Result<Running, Fail> {
     // namespaces; its ids are mapped below, before it goes on.
     let id_maps = (crate::paths::Mode::current() == crate::paths::Mode::Rootless)
         .then(userns::IdMaps::of_current_user);
-    let mut flags = UnshareFlags::NEWPID;
-    if id_maps.is_some() {
-        flags |= UnshareFlags::NEWUSER;
-    }
+    let flags = init::namespaces(&c.spec, id_maps.is_some());
 
-    // The child is PID 1 of a new pid namespace.
+    // The child is PID 1 of a new pid namespace, in all its namespaces from the start.
     let pid = match csys::fork_into(flags) {
         Ok(Fork::Child) => {
             drop(sync_r);
@@ -376,6 +372,17 @@ fn launch(root: &Path, c: &Container) -> Result<Running, Fail> {
         maps.write(pid).map_err(fail_rt)?;
     }
     init::send_byte(go_w.as_fd(), b'U').map_err(fail_io("releasing the container's init"))?;
+    // The network namespace exists: pasta (without root) starts now and gets ready while
+    // the rootfs opens; a bridge is wired below.
+    let member = crate::net::Member {
+        id: &c.id,
+        name: &c.meta.name,
+        hostname: &c.spec.hostname,
+        dir: &c.dir,
+        net: &c.meta.net,
+    };
+    guard.net_dir = Some(c.dir.clone());
+    let attaching = crate::net::start_attach(root, &member, pid).map_err(fail_rt)?;
 
     let filesystem = {
         let _s = info_span!("open_rootfs", layers = c.meta.layers.len()).entered();
@@ -406,16 +413,8 @@ fn launch(root: &Path, c: &Container) -> Result<Running, Fail> {
         guard.cgroups.push(dir);
     }
     cgroups::add(&guard.cgroups, pid).map_err(fail_rt)?;
-    // The init has its network namespace now and waits for `G`: wire it.
-    let member = crate::net::Member {
-        id: &c.id,
-        name: &c.meta.name,
-        hostname: &c.spec.hostname,
-        dir: &c.dir,
-        net: &c.meta.net,
-    };
-    guard.net_dir = Some(c.dir.clone());
-    crate::net::attach(root, &member, pid).map_err(fail_rt)?;
+    // The init waits for `G`: its network now.
+    attaching.finish(&member).map_err(fail_rt)?;
     let config = fs::read_write_config("strata", FUSE_THREADS);
     let session = {
         let _s = info_span!("fuse_init").entered();
