@@ -211,17 +211,8 @@ impl Command {
     /// The verb of a command that only root can run yet (containers start processes in
     /// namespaces, networks change the host's): `None` for the others.
     fn needs_root(&self) -> Option<&'static str> {
-        use containers::ContainerCommand as C;
         use network::NetworkCommand as N;
         match self {
-            Command::Containers(c) => match **c {
-                C::Run(_) => Some("run"),
-                C::Create(_) => Some("create"),
-                C::Start(_) => Some("start"),
-                C::Restart(_) => Some("restart"),
-                C::Exec(_) => Some("exec"),
-                _ => None,
-            },
             Command::Network(N::Create { .. }) => Some("network create"),
             _ => None,
         }
@@ -277,7 +268,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         && let Some(verb) = cli.command.needs_root()
     {
         anyhow::bail!(
-            "`strata {verb}` needs root for now: containers without root (in a user namespace) are not supported yet; as an ordinary user, load, mount and mount --rw work (see `strata info`)"
+            "`strata {verb}` needs root for now: user-defined networks without root are not supported yet; containers without root use the default network (through pasta), host or none (see `strata info`)"
         );
     }
     // A command that only reads, on a state root that does not exist yet, answers as an empty

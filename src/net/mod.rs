@@ -22,6 +22,7 @@
 
 pub mod cmd;
 mod hosts;
+pub mod pasta;
 #[cfg(test)]
 mod planning_tests;
 pub mod ports;
@@ -75,6 +76,8 @@ pub enum NetError {
     Exhausted(String),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error("{0}")]
+    Rootless(String),
 }
 
 fn io_err(p: &Path) -> impl FnOnce(io::Error) -> NetError + '_ {
@@ -688,6 +691,9 @@ pub fn attach(root: &Path, m: &Member<'_>, pid: i32) -> Result<Option<Attached>,
     if !m.net.bridged() {
         return Ok(None);
     }
+    if crate::paths::Mode::current() == crate::paths::Mode::Rootless {
+        return pasta::attach(m, pid).map(Some);
+    }
     let _s = info_span!("net_attach", network = m.net.mode, pid).entered();
     let n = Networks::open(root)?.get(&m.net.mode)?;
     let _l = lock()?;
@@ -818,6 +824,11 @@ pub fn detach(id: &str, dir: &Path) {
         let _ = std::fs::remove_file(&rec);
         return;
     };
+    if a.bridge == pasta::PASTA {
+        pasta::detach(dir);
+        let _ = std::fs::remove_file(&rec);
+        return;
+    }
     let _l = match lock() {
         Ok(l) => l,
         Err(e) => {
@@ -916,8 +927,22 @@ pub fn plan(
         mode
     };
     let mut warnings = Vec::new();
+    let rootless = crate::paths::Mode::current() == crate::paths::Mode::Rootless;
     if !matches!(mode.as_str(), "host" | "none" | DEFAULT_NETWORK) {
+        if rootless {
+            return Err(NetError::Rootless(format!(
+                "--network {mode}: user-defined networks need root for now; without root use \
+                 the default network (through pasta), host or none"
+            )));
+        }
         Networks::open(root)?.get(&mode)?;
+    }
+    if rootless && mode == DEFAULT_NETWORK && !pasta::available() {
+        return Err(NetError::Rootless(
+            "containers without root reach the network through pasta, which is not installed \
+             (Debian package passt); install it, or use --network none or --network host"
+                .into(),
+        ));
     }
     let mut ports = Vec::new();
     for p in &opts.publish {
@@ -937,6 +962,22 @@ pub fn plan(
             ));
         }
     }
+    if rootless && !matches!(mode.as_str(), "host" | "none") {
+        let first = unprivileged_port_start();
+        if let Some(p) = ports
+            .iter()
+            .find(|p| p.host_port != 0 && p.host_port < first)
+        {
+            return Err(invalid(
+                "published port",
+                &p.host_port.to_string(),
+                format!(
+                    "without root only host ports from {first} up can be published \
+                     (net.ipv4.ip_unprivileged_port_start)"
+                ),
+            ));
+        }
+    }
     if !ports.is_empty() && !matches!(mode.as_str(), "host" | "none") {
         // fine
     } else if !ports.is_empty() {
@@ -953,6 +994,14 @@ pub fn plan(
         },
         warnings,
     ))
+}
+
+/// The first port an ordinary user may bind (`net.ipv4.ip_unprivileged_port_start`).
+fn unprivileged_port_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1024)
 }
 
 #[cfg(test)]
