@@ -476,16 +476,3 @@ fn umount_cleans_up_after_a_killed_daemon_and_faults_name_the_fix() {
     );
     assert!(!is_mounted(&m));
 }
-
-#[test]
-fn user_networks_say_they_need_root_for_now_and_change_nothing() {
-    let u = loaded();
-    let o = u.strata(&["network", "create", "backend"]);
-    assert_eq!(o.code, 125, "{o:?}");
-    assert_eq!(o.err.trim().lines().count(), 1, "{o:?}");
-    assert!(o.err.contains("needs root for now"), "{o:?}");
-    let o = u.strata(&["run", "--rm", "--network", "backend", IMAGE, "true"]);
-    assert_eq!(o.code, 125, "{o:?}");
-    assert!(o.err.contains("user-defined networks need root"), "{o:?}");
-    assert_eq!(u.strata_ok(&["ps", "-a", "-q"]), "");
-}

@@ -8,7 +8,6 @@
 //! the user's containers on drop, even when the test failed.
 
 use std::net::TcpListener;
-use std::path::Path;
 
 use strata_testkit::rootless::UserSession;
 use strata_testkit::*;
@@ -34,9 +33,12 @@ fn subuid_range() -> (u64, u64) {
     (f[1].parse().unwrap(), f[2].parse().unwrap())
 }
 
-/// Whether process `pid` (host) still runs.
+/// Whether process `pid` (host) still runs (a zombie waiting to be reaped does not).
 fn alive(pid: i64) -> bool {
-    pid > 0 && Path::new(&format!("/proc/{pid}")).exists()
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    strata::sys::process_start_time(pid).is_some_and(|s| strata::sys::process_runs(pid, s))
 }
 
 #[test]
@@ -298,4 +300,111 @@ fn without_subordinate_ids_only_the_user_is_mapped_and_that_is_said_once() {
     ]);
     assert_eq!(o.code, 125, "{o:?}");
     assert!(o.err.contains("not mapped"), "{o:?}");
+}
+
+#[test]
+fn user_networks_resolve_names_are_isolated_publish_tcp_and_leave_nothing() {
+    let u = loaded();
+    let site = u.mkdir("site");
+    std::fs::write(site.join("index.html"), "on a user network\n").unwrap();
+    u.strata_ok(&["network", "create", "backend"]);
+    u.strata_ok(&["network", "create", "other"]);
+    let port = "18393";
+    u.strata_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "db",
+        "--network",
+        "backend",
+        "--network-alias",
+        "database",
+        "-p",
+        &format!("{port}:80"),
+        "-v",
+        &format!("{}:/www", site.display()),
+        IMAGE,
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    // By name and alias on the same network.
+    let out = u.strata_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "backend",
+        IMAGE,
+        "sh",
+        "-c",
+        "wget -q -O- http://db/ && wget -q -O- http://database/ && ping -c1 -W2 db >/dev/null && echo pinged",
+    ]);
+    assert_eq!(out, "on a user network\non a user network\npinged\n");
+    // Another network reaches neither the name nor the address.
+    let ip = {
+        let v: serde_json::Value = serde_json::from_str(&u.strata_ok(&["inspect", "db"])).unwrap();
+        v[0]["NetworkSettings"]["IPAddress"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(ip.starts_with("10."), "{ip}");
+    let out = u.strata_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "other",
+        IMAGE,
+        "sh",
+        "-c",
+        &format!(
+            "if ping -c1 -W1 {ip} >/dev/null 2>&1; then echo REACHED; fi; \
+             if wget -q -T 2 -O- http://db/ 2>/dev/null; then echo RESOLVED; fi; echo done"
+        ),
+    ]);
+    assert_eq!(out, "done\n");
+    // The published TCP port answers on the host's loopback (strata's proxy).
+    let body = eventually("db on 127.0.0.1", || {
+        http_get(&format!("127.0.0.1:{port}"), "/")
+    });
+    assert_eq!(body, "on a user network\n");
+    // UDP on a user network is not there yet without root: one sentence.
+    let o = u.strata(&[
+        "create",
+        "--network",
+        "backend",
+        "-p",
+        "18394:53/udp",
+        IMAGE,
+    ]);
+    assert_eq!(o.code, 125, "{o:?}");
+    assert!(o.err.contains("only TCP"), "{o:?}");
+    // The user's network namespace lives while a container uses it, and goes with the last.
+    let holder: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(u.path("run/strata/net/holder.json")).expect("the holder's record"),
+    )
+    .unwrap();
+    let holder_pid = holder["pid"].as_i64().unwrap();
+    let pasta_pid = holder["pasta_pid"].as_i64().unwrap();
+    assert!(alive(holder_pid) && alive(pasta_pid));
+    u.strata_ok(&["rm", "-f", "db"]);
+    assert!(!u.path("run/strata/net/holder.json").exists());
+    for _ in 0..100 {
+        if !alive(holder_pid) && !alive(pasta_pid) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        !alive(holder_pid),
+        "the namespace's holder outlived the last container"
+    );
+    assert!(!alive(pasta_pid), "its pasta outlived the last container");
+    TcpListener::bind(format!("0.0.0.0:{port}")).expect("the published port is released");
+    u.strata_ok(&["network", "rm", "backend", "other"]);
+    let ls = u.strata_ok(&["network", "ls"]);
+    assert!(!ls.contains("backend") && !ls.contains("other"), "{ls}");
 }

@@ -208,16 +208,6 @@ impl Command {
         )
     }
 
-    /// The verb of a command that only root can run yet (containers start processes in
-    /// namespaces, networks change the host's): `None` for the others.
-    fn needs_root(&self) -> Option<&'static str> {
-        use network::NetworkCommand as N;
-        match self {
-            Command::Network(N::Create { .. }) => Some("network create"),
-            _ => None,
-        }
-    }
-
     /// The commands that only read the state root (listings, inspection, output of images and
     /// containers to files elsewhere).
     fn reads_only(&self) -> bool {
@@ -263,13 +253,6 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     let creates = !cli.command.reads_only();
     if cli.command.uses_state_root() && (creates || root.exists()) {
         crate::paths::check_state_root(&root)?;
-    }
-    if crate::paths::Mode::current() == crate::paths::Mode::Rootless
-        && let Some(verb) = cli.command.needs_root()
-    {
-        anyhow::bail!(
-            "`strata {verb}` needs root for now: user-defined networks without root are not supported yet; containers without root use the default network (through pasta), host or none (see `strata info`)"
-        );
     }
     // A command that only reads, on a state root that does not exist yet, answers as an empty
     // store does, without creating one where the user pointed: it reads an empty scratch root

@@ -19,6 +19,11 @@
 //!   anybody else's rule.
 //! - Names: on a user network, each running member's `/etc/hosts` (a bind-mounted file of its
 //!   state directory) is rewritten in place as peers start and stop.
+//! - Without root (`pasta`, `rootless`, `proxy`): the default network is a pasta per
+//!   container; user networks live in the user's own network namespace (the same bridges,
+//!   veths and rules, every command run inside it), reached from outside through pasta, their
+//!   published TCP ports through a proxy in the shim; state under the user's runtime directory
+//!   ([`run_dir`]).
 
 pub mod cmd;
 mod hosts;
@@ -27,6 +32,8 @@ mod plan;
 #[cfg(test)]
 mod planning_tests;
 pub mod ports;
+mod proxy;
+pub mod rootless;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -44,6 +51,29 @@ pub use ports::PortSpec;
 
 /// Host-wide network state (leases, lock); tmpfs, so a reboot frees every lease.
 pub const RUN_DIR: &str = "/run/strata/net";
+
+/// Where this user's network state lives: [`RUN_DIR`] for root; without root, `net` in the
+/// user's runtime directory (its networks live in its own network namespace, see
+/// [`rootless`]).
+pub fn run_dir() -> PathBuf {
+    match crate::paths::Mode::current() {
+        crate::paths::Mode::Root => PathBuf::from(RUN_DIR),
+        crate::paths::Mode::Rootless => crate::paths::runtime_dir().join("net"),
+    }
+}
+
+fn rootless_mode() -> bool {
+    crate::paths::Mode::current() == crate::paths::Mode::Rootless
+}
+
+/// Sets a sysctl of the network namespace the links live in (the user's own without root).
+fn set_sysctl(path: &str, value: &str) -> Result<(), NetError> {
+    if rootless_mode() {
+        run("sh", &["-c", &format!("echo {value} > {path}")])?;
+        return Ok(());
+    }
+    std::fs::write(path, value).map_err(io_err(Path::new(path)))
+}
 /// The default network's name, bridge and subnet.
 pub const DEFAULT_NETWORK: &str = "bridge";
 pub const DEFAULT_BRIDGE: &str = "strata0";
@@ -176,6 +206,9 @@ fn overlaps(a: (Ipv4Addr, u8), b: (Ipv4Addr, u8)) -> bool {
 }
 
 fn link_exists(name: &str) -> bool {
+    if rootless_mode() {
+        return rootless::namespaces().is_some() && ok("ip", &["link", "show", "dev", name]);
+    }
     Path::new("/sys/class/net").join(name).exists()
 }
 
@@ -185,7 +218,8 @@ pub struct NetLock {
 }
 
 pub fn lock() -> Result<NetLock, NetError> {
-    let dir = Path::new(RUN_DIR);
+    let dir = run_dir();
+    let dir = dir.as_path();
     std::fs::create_dir_all(dir.join("leases")).map_err(io_err(dir))?;
     let p = dir.join("lock");
     Ok(NetLock {
@@ -268,7 +302,12 @@ impl Networks {
         if self.get(name).is_ok() {
             return Err(NetError::Exists(name.into()));
         }
-        let taken = host_prefixes()?;
+        let mut taken = host_prefixes()?;
+        // Networks defined but not up (without root their bridges come with their first
+        // container) keep their subnets too.
+        for n in self.list()? {
+            taken.extend(n.prefix());
+        }
         let subnet = match subnet {
             Some(s) => {
                 let p = parse_cidr(s)?;
@@ -304,7 +343,9 @@ impl Networks {
             gateway: gateway.to_string(),
             created: crate::time::now(),
         };
-        ensure_bridge(&n)?;
+        if !rootless_mode() {
+            ensure_bridge(&n)?;
+        }
         let p = self.dir.join(format!("{name}.json"));
         let body = serde_json::to_vec_pretty(&n).expect("serializable");
         std::fs::write(&p, body).map_err(io_err(&p))?;
@@ -323,7 +364,10 @@ impl Networks {
         }
         let n = self.get(name)?;
         let _l = lock()?;
-        remove_bridge(&n)?;
+        // Without root the bridge lives only while the user's network namespace does.
+        if !rootless_mode() || rootless::namespaces().is_some() {
+            remove_bridge(&n)?;
+        }
         let p = self.dir.join(format!("{name}.json"));
         std::fs::remove_file(&p).map_err(io_err(&p))
     }
@@ -513,14 +557,17 @@ fn ensure_bridge(n: &Network) -> Result<(), NetError> {
         run("ip", &["addr", "add", &addr, "dev", &n.bridge])?;
     }
     run("ip", &["link", "set", &n.bridge, "up"])?;
-    let p = format!("/proc/sys/net/ipv4/conf/{}/route_localnet", n.bridge);
-    std::fs::write(&p, "1").map_err(io_err(Path::new(&p)))?;
+    set_sysctl(
+        &format!("/proc/sys/net/ipv4/conf/{}/route_localnet", n.bridge),
+        "1",
+    )?;
     let p = "/proc/sys/net/ipv4/ip_forward";
-    if std::fs::read_to_string(p)
-        .map(|s| s.trim() != "1")
-        .unwrap_or(true)
+    if rootless_mode()
+        || std::fs::read_to_string(p)
+            .map(|s| s.trim() != "1")
+            .unwrap_or(true)
     {
-        std::fs::write(p, "1").map_err(io_err(Path::new(p)))?;
+        set_sysctl(p, "1")?;
     }
     for (table, rule) in net_rules(n) {
         let r: Vec<&str> = rule.iter().map(String::as_str).collect();
@@ -610,12 +657,12 @@ impl Lease {
 }
 
 fn lease_path(ip: &str) -> PathBuf {
-    Path::new(RUN_DIR).join("leases").join(ip)
+    run_dir().join("leases").join(ip)
 }
 
 /// Every lease (call with the lock held).
 fn leases() -> Vec<Lease> {
-    let dir = Path::new(RUN_DIR).join("leases");
+    let dir = run_dir().join("leases");
     let mut out = Vec::new();
     if let Ok(rd) = std::fs::read_dir(&dir) {
         for e in rd.flatten() {
@@ -702,7 +749,7 @@ pub fn start_attach(root: &Path, m: &Member<'_>, pid: i32) -> Result<Attaching, 
     if !m.net.bridged() {
         return Ok(Attaching::Nothing);
     }
-    if crate::paths::Mode::current() == crate::paths::Mode::Rootless {
+    if rootless_mode() && m.net.mode == DEFAULT_NETWORK {
         return pasta::start(m, pid).map(Attaching::Pasta);
     }
     Ok(Attaching::Bridge {
@@ -836,6 +883,16 @@ fn wire(a: &Attached, m: &Member<'_>, pid: i32) -> Result<(), NetError> {
     ])?;
     inside(&["link", "set", "eth0", "up"])?;
     inside(&["route", "add", "default", "via", &a.gateway])?;
+    if rootless_mode() {
+        // The host's ports are not the user namespace's to DNAT: strata's proxy, in the shim.
+        let ip: Ipv4Addr =
+            a.ip.parse()
+                .map_err(|_| invalid("address", &a.ip, "not an IPv4 address"))?;
+        if let Some((_, netns)) = rootless::namespaces() {
+            proxy::serve(&a.ports, ip, &netns)?;
+        }
+        return Ok(());
+    }
     ports::add_rules(&a.ip, &a.ports, &format!("{RULE_TAG}{}", short(m.id)))?;
     Ok(())
 }
@@ -850,6 +907,17 @@ pub fn mac_for(ip: Ipv4Addr) -> String {
 /// Undoes [`attach`] (the shim, when the container is gone; or the reconciler, after a
 /// killed shim). Safe to call twice.
 pub fn detach(id: &str, dir: &Path) {
+    detach_record(id, dir);
+    // Without root: the last container of the user's networks ends their namespace.
+    if rootless_mode()
+        && run_dir().join("users").join(id).exists()
+        && let Ok(_l) = lock()
+    {
+        rootless::leave(id);
+    }
+}
+
+fn detach_record(id: &str, dir: &Path) {
     let rec = dir.join(NET_RECORD);
     let Ok(text) = std::fs::read(&rec) else {
         return;
@@ -939,7 +1007,7 @@ pub fn users(n: &Network) -> Vec<String> {
 
 /// Cleans every stale lease and its rules (any strata command may call it).
 pub fn reconcile() {
-    if Path::new(RUN_DIR).exists()
+    if run_dir().exists()
         && let Ok(_l) = lock()
     {
         reclaim();

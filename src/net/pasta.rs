@@ -100,6 +100,45 @@ fn arguments(maps: &[Mapping], pid: i32, pid_file: &Path) -> Vec<String> {
     args
 }
 
+/// Connects the user's network namespace, held by `pid`, to the outside (nothing forwarded
+/// into it: published ports of user networks go through strata's proxy); once ready, returns
+/// pasta's PID and start time.
+pub fn connect_holder(pid: i32) -> Result<(i32, u64), NetError> {
+    let Some(bin) = binary() else {
+        return Err(NetError::Rootless(
+            "user networks without root reach the outside through pasta, which is not \
+             installed (Debian package passt)"
+                .into(),
+        ));
+    };
+    let dir = super::run_dir();
+    std::fs::create_dir_all(&dir).map_err(super::io_err(&dir))?;
+    let pid_file = dir.join("holder-pasta.pid");
+    let _ = std::fs::remove_file(&pid_file);
+    let log = dir.join("holder-pasta.log");
+    let err = std::fs::File::create(&log).map_err(super::io_err(&log))?;
+    let child = Command::new(&bin)
+        .args(arguments(&[], pid, &pid_file))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(err)
+        .spawn()
+        .map_err(|e| cmd_err(&bin, e.to_string()))?;
+    let mut s = Starting {
+        child,
+        bin,
+        pid_file,
+        log,
+        dir,
+        maps: vec![],
+        done: false,
+    };
+    let daemon = s.wait_ready()?;
+    s.done = true;
+    let _ = std::fs::remove_file(&s.pid_file);
+    Ok((daemon, crate::sys::process_start_time(daemon).unwrap_or(0)))
+}
+
 /// pasta on its way: started, not yet ready.
 pub struct Starting {
     child: std::process::Child,
@@ -185,38 +224,7 @@ impl Starting {
     /// Waits for pasta to be ready and records it; on failure nothing of it is left.
     pub fn finish(mut self) -> Result<Attached, NetError> {
         let _s = info_span!("pasta_ready").entered();
-        let bin = &self.bin;
-        // pasta forks into the background once it is ready; its first process then exits.
-        let deadline = Instant::now() + READY_WITHIN;
-        let status = loop {
-            match self.child.try_wait() {
-                Ok(Some(s)) => break s,
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(1))
-                }
-                Ok(None) | Err(_) => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    return Err(cmd_err(bin, "did not finish setting up in time".into()));
-                }
-            }
-        };
-        if !status.success() {
-            let mut text = String::new();
-            let _ = std::fs::File::open(&self.log).and_then(|mut f| f.read_to_string(&mut text));
-            // pasta also complains that it has no syslog to write to: not the reason.
-            let why: Vec<&str> = text
-                .split("Failed to send")
-                .flat_map(|part| part.split_once("syslog").map_or(part, |(_, r)| r).lines())
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .collect();
-            return Err(cmd_err(bin, format!("{status}: {}", why.join("; "))));
-        }
-        let daemon: i32 = std::fs::read_to_string(&self.pid_file)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .ok_or_else(|| cmd_err(bin, "wrote no PID file".into()))?;
+        let daemon = self.wait_ready()?;
         let record = Record {
             pid: daemon,
             start: crate::sys::process_start_time(daemon).unwrap_or(0),
@@ -245,6 +253,42 @@ impl Starting {
         }
         info!(pasta = daemon, ports = attached.ports.len(), "attached");
         Ok(attached)
+    }
+
+    /// Waits until pasta has forked into the background (ready); the daemon's PID.
+    fn wait_ready(&mut self) -> Result<i32, NetError> {
+        let bin = &self.bin;
+        // pasta forks into the background once it is ready; its first process then exits.
+        let deadline = Instant::now() + READY_WITHIN;
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(s)) => break s,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                Ok(None) | Err(_) => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    return Err(cmd_err(bin, "did not finish setting up in time".into()));
+                }
+            }
+        };
+        if !status.success() {
+            let mut text = String::new();
+            let _ = std::fs::File::open(&self.log).and_then(|mut f| f.read_to_string(&mut text));
+            // pasta also complains that it has no syslog to write to: not the reason.
+            let why: Vec<&str> = text
+                .split("Failed to send")
+                .flat_map(|part| part.split_once("syslog").map_or(part, |(_, r)| r).lines())
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            return Err(cmd_err(bin, format!("{status}: {}", why.join("; "))));
+        }
+        std::fs::read_to_string(&self.pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| cmd_err(bin, "wrote no PID file".into()))
     }
 }
 

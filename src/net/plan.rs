@@ -26,16 +26,11 @@ pub fn plan(
     };
     let mut warnings = Vec::new();
     let rootless = crate::paths::Mode::current() == crate::paths::Mode::Rootless;
-    if !matches!(mode.as_str(), "host" | "none" | DEFAULT_NETWORK) {
-        if rootless {
-            return Err(NetError::Rootless(format!(
-                "--network {mode}: user-defined networks need root for now; without root use \
-                 the default network (through pasta), host or none"
-            )));
-        }
+    let user_network = !matches!(mode.as_str(), "host" | "none" | DEFAULT_NETWORK);
+    if user_network {
         Networks::open(root)?.get(&mode)?;
     }
-    if rootless && mode == DEFAULT_NETWORK && !pasta::available() {
+    if rootless && !matches!(mode.as_str(), "host" | "none") && !pasta::available() {
         return Err(NetError::Rootless(
             "containers without root reach the network through pasta, which is not installed \
              (Debian package passt); install it, or use --network none or --network host"
@@ -59,6 +54,16 @@ pub fn plan(
                 "use [a-zA-Z0-9][a-zA-Z0-9_.-]*",
             ));
         }
+    }
+    if rootless
+        && user_network
+        && let Some(p) = ports.iter().find(|p| p.proto != "tcp")
+    {
+        return Err(invalid(
+            "published port",
+            &format!("{}/{}", p.host_port, p.proto),
+            "only TCP ports can be published on user networks without root for now",
+        ));
     }
     if rootless && !matches!(mode.as_str(), "host" | "none") {
         let first = unprivileged_port_start();

@@ -321,8 +321,21 @@ fn launch(root: &Path, c: &Container) -> Result<Running, Fail> {
     let rootfs = c.dir.join(ROOTFS_DIR);
     // Without root, the init gets a user namespace of its own first, which owns its other
     // namespaces; its ids are mapped below, before it goes on.
-    let id_maps = (crate::paths::Mode::current() == crate::paths::Mode::Rootless)
-        .then(userns::IdMaps::of_current_user);
+    let rootless = crate::paths::Mode::current() == crate::paths::Mode::Rootless;
+    let mut id_maps = rootless.then(userns::IdMaps::of_current_user);
+    // On a user network without root, the container shares the user namespace of the user's
+    // network namespace (a veth joins only namespaces of one owner): the shim joins it now,
+    // for good, and the init is created in it.
+    let user_network = c.meta.net.bridged() && c.meta.net.mode != crate::net::DEFAULT_NETWORK;
+    if let Some(maps) = id_maps.as_ref().filter(|_| user_network) {
+        let write = |pid: i32| maps.write(pid).map_err(|e| e.to_string());
+        let userns = crate::net::rootless::enter(&c.id, &c.dir, &write).map_err(fail_rt)?;
+        if let Err(e) = crate::net::rootless::join(&userns) {
+            crate::net::detach(&c.id, &c.dir);
+            return Err(fail_rt(e));
+        }
+        id_maps = None;
+    }
     let flags = init::namespaces(&c.spec, id_maps.is_some());
 
     // The child is PID 1 of a new pid namespace, in all its namespaces from the start.
@@ -407,7 +420,7 @@ fn launch(root: &Path, c: &Container) -> Result<Running, Fail> {
     guard.cgroups = cgroups::create(&c.id, &c.spec.linux.resources).map_err(fail_rt)?;
     // The v1 device rule is root's to write; without root the nodev mounts alone keep device
     // nodes shut (and a user namespace cannot open the host's devices anyway).
-    if id_maps.is_none()
+    if !rootless
         && let Some(dir) = cgroups::create_devices(&c.id, &c.spec.linux.devices).map_err(fail_rt)?
     {
         guard.cgroups.push(dir);
