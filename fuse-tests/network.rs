@@ -25,23 +25,6 @@ fn st(root: &Path, args: &[&str]) -> Out {
     strata_io(root, args, None, DEADLINE)
 }
 
-/// A UDP socket bound to `port` inside the network namespace of `pid`.
-fn udp_socket_in(pid: i64, port: u16) -> UdpSocket {
-    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).expect("open netns");
-    std::thread::spawn(move || {
-        // Only this thread changes namespace; the socket keeps it.
-        use std::os::fd::AsFd;
-        rustix::thread::move_into_link_name_space(
-            ns.as_fd(),
-            Some(rustix::thread::LinkNameSpaceType::Network),
-        )
-        .expect("setns");
-        UdpSocket::bind(("0.0.0.0", port)).expect("bind in the container")
-    })
-    .join()
-    .unwrap()
-}
-
 /// strata's per-container rules of `id` in iptables.
 fn rules_of(id: &str) -> Vec<String> {
     let out = Command::new("iptables-save")

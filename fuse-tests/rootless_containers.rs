@@ -303,7 +303,7 @@ fn without_subordinate_ids_only_the_user_is_mapped_and_that_is_said_once() {
 }
 
 #[test]
-fn user_networks_resolve_names_are_isolated_publish_tcp_and_leave_nothing() {
+fn user_networks_resolve_names_are_isolated_publish_ports_and_leave_nothing() {
     let u = loaded();
     let site = u.mkdir("site");
     std::fs::write(site.join("index.html"), "on a user network\n").unwrap();
@@ -371,17 +371,45 @@ fn user_networks_resolve_names_are_isolated_publish_tcp_and_leave_nothing() {
         http_get(&format!("127.0.0.1:{port}"), "/")
     });
     assert_eq!(body, "on a user network\n");
-    // UDP on a user network is not there yet without root: one sentence.
-    let o = u.strata(&[
-        "create",
+    // UDP through the proxy: a datagram to the host's port reaches the container's, and the
+    // reply comes back to the sender.
+    u.strata_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "dns",
         "--network",
         "backend",
         "-p",
-        "18394:53/udp",
+        "18394:5353/udp",
         IMAGE,
+        "sleep",
+        "300",
     ]);
-    assert_eq!(o.code, 125, "{o:?}");
-    assert!(o.err.contains("only TCP"), "{o:?}");
+    let pid = {
+        let v: serde_json::Value = serde_json::from_str(&u.strata_ok(&["inspect", "dns"])).unwrap();
+        v[0]["State"]["Pid"].as_i64().unwrap()
+    };
+    let inside = udp_socket_in(pid, 5353);
+    inside
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let (got, from) = eventually("a datagram through the proxy", || {
+        client.send_to(b"ping", "127.0.0.1:18394").ok()?;
+        let mut buf = [0u8; 64];
+        let (n, from) = inside.recv_from(&mut buf).ok()?;
+        Some((buf[..n].to_vec(), from))
+    });
+    assert_eq!(got, b"ping");
+    let mut buf = [0u8; 64];
+    inside.send_to(b"pong", from).unwrap();
+    let (n, _) = client.recv_from(&mut buf).expect("the reply");
+    assert_eq!(&buf[..n], b"pong");
+    u.strata_ok(&["rm", "-f", "dns"]);
     // The user's network namespace lives while a container uses it, and goes with the last.
     let holder: serde_json::Value = serde_json::from_slice(
         &std::fs::read(u.path("run/strata/net/holder.json")).expect("the holder's record"),

@@ -22,7 +22,7 @@
 //! - Without root (`pasta`, `rootless`, `proxy`): the default network is a pasta per
 //!   container; user networks live in the user's own network namespace (the same bridges,
 //!   veths and rules, every command run inside it), reached from outside through pasta, their
-//!   published TCP ports through a proxy in the shim; state under the user's runtime directory
+//!   published ports through a proxy in the shim; state under the user's runtime directory
 //!   ([`run_dir`]).
 
 pub mod cmd;

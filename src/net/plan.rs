@@ -55,16 +55,6 @@ pub fn plan(
             ));
         }
     }
-    if rootless
-        && user_network
-        && let Some(p) = ports.iter().find(|p| p.proto != "tcp")
-    {
-        return Err(invalid(
-            "published port",
-            &format!("{}/{}", p.host_port, p.proto),
-            "only TCP ports can be published on user networks without root for now",
-        ));
-    }
     if rootless && !matches!(mode.as_str(), "host" | "none") {
         let first = unprivileged_port_start();
         if let Some(p) = ports

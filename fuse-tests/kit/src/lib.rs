@@ -42,7 +42,7 @@ pub use paths::{
     SAMPLE_IMAGE, layer_tars, repo, sample_image, sample_layers, strata_bin, target_tmp,
     try_sample_image,
 };
-pub use probe::{eventually, http_get};
+pub use probe::{eventually, http_get, udp_socket_in};
 pub use rng::{Rng, fill};
 pub use root::{ContainerRoot, DEADLINE};
 pub use snapshot::{Snapshot, assert_same_tree};

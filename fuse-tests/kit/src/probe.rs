@@ -1,7 +1,8 @@
-//! Probing what containers serve, from the host: HTTP/1.0 GETs and bounded retries.
+//! Probing what containers serve, from the host: HTTP/1.0 GETs, bounded retries, and a UDP
+//! socket inside a container's network namespace.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 /// `GET path` over HTTP/1.0 to `addr`, bounded; the body, or None.
@@ -34,4 +35,21 @@ pub fn eventually<T>(what: &str, f: impl Fn() -> Option<T>) -> T {
         std::thread::sleep(Duration::from_millis(200));
     }
     panic!("timed out waiting for {what}");
+}
+
+/// A UDP socket bound to `port` inside the network namespace of `pid`.
+pub fn udp_socket_in(pid: i64, port: u16) -> UdpSocket {
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).expect("open netns");
+    std::thread::spawn(move || {
+        // Only this thread changes namespace; the socket keeps it.
+        use std::os::fd::AsFd;
+        rustix::thread::move_into_link_name_space(
+            ns.as_fd(),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .expect("setns");
+        UdpSocket::bind(("0.0.0.0", port)).expect("bind in the container")
+    })
+    .join()
+    .unwrap()
 }
