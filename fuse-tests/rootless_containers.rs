@@ -436,3 +436,68 @@ fn user_networks_resolve_names_are_isolated_publish_ports_and_leave_nothing() {
     let ls = u.strata_ok(&["network", "ls"]);
     assert!(!ls.contains("backend") && !ls.contains("other"), "{ls}");
 }
+
+#[test]
+fn slirp4netns_is_the_other_user_mode_network() {
+    let u = loaded();
+    let site = u.mkdir("site");
+    std::fs::write(site.join("index.html"), "through slirp4netns\n").unwrap();
+    let port = "18395";
+    let id = u.strata_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "slirp4netns",
+        "-p",
+        &format!("{port}:80"),
+        "-v",
+        &format!("{}:/www", site.display()),
+        IMAGE,
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    let addr = u.strata_ok(&["exec", "web", "ip", "-4", "-o", "addr", "show", "tap0"]);
+    assert!(addr.contains("10.0.2.100/24"), "{addr}");
+    let body = eventually("web through slirp4netns", || {
+        http_get(&format!("127.0.0.1:{port}"), "/")
+    });
+    assert_eq!(body, "through slirp4netns\n");
+    let rec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            u.state_root()
+                .join("containers")
+                .join(id.trim())
+                .join("slirp4netns.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let slirp = rec["pid"].as_i64().unwrap();
+    assert!(alive(slirp));
+    u.strata_ok(&["rm", "-f", "web"]);
+    assert!(!alive(slirp), "slirp4netns outlived its container");
+    TcpListener::bind(format!("0.0.0.0:{port}")).expect("the published port is released");
+    // As root these are not networks: root's containers use bridges.
+    let root = tempfile::tempdir().unwrap();
+    strata_ok(
+        root.path(),
+        &[
+            "load",
+            sample_image().join("sample.oci.tar").to_str().unwrap(),
+        ],
+    );
+    let o = strata_io(
+        root.path(),
+        &["create", "--network", "slirp4netns", IMAGE],
+        None,
+        DEADLINE,
+    );
+    assert_eq!(o.code, 125, "{o:?}");
+    assert!(o.err.contains("without root"), "{o:?}");
+}

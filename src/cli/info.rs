@@ -144,11 +144,20 @@ fn network() -> String {
         rustix::fs::Access::READ_OK | rustix::fs::Access::WRITE_OK,
     )
     .is_ok();
-    match (crate::net::pasta::available(), tun) {
-        (true, true) => "pasta".into(),
-        (true, false) => {
-            "pasta, but /dev/net/tun is not open to you: only --network none/host".into()
+    let (pasta, slirp) = (
+        crate::net::pasta::available(),
+        crate::net::slirp::available(),
+    );
+    match (tun, pasta, slirp) {
+        (true, true, _) => "pasta".into(),
+        (true, false, true) => "slirp4netns (pasta is not installed)".into(),
+        (_, false, false) => {
+            "neither pasta (Debian package passt) nor slirp4netns installed: only --network none/host"
+                .into()
         }
-        (false, _) => "pasta not installed (Debian package passt): only --network none/host".into(),
+        (false, _, _) => {
+            "/dev/net/tun is not open to you, which pasta and slirp4netns need: only --network none/host"
+                .into()
+        }
     }
 }

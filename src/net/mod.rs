@@ -34,6 +34,7 @@ mod planning_tests;
 pub mod ports;
 mod proxy;
 pub mod rootless;
+pub mod slirp;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -78,6 +79,12 @@ fn set_sysctl(path: &str, value: &str) -> Result<(), NetError> {
 pub const DEFAULT_NETWORK: &str = "bridge";
 pub const DEFAULT_BRIDGE: &str = "strata0";
 pub const DEFAULT_SUBNET: &str = "10.213.0.0/24";
+/// The networks that are not user networks: root's default bridge, the two user-mode
+/// networks of containers without root (`bridge` picks one of them there), host and none.
+pub const BUILT_IN: [&str; 5] = [DEFAULT_NETWORK, "pasta", SLIRP_MODE, "host", "none"];
+/// `--network slirp4netns`.
+pub const SLIRP_MODE: &str = "slirp4netns";
+
 /// The comment prefix of every per-container iptables rule.
 const RULE_TAG: &str = "strata:";
 /// The container's network record in its state directory.
@@ -156,6 +163,10 @@ impl ContainerNet {
     /// Whether the container is attached to a bridge.
     pub fn bridged(&self) -> bool {
         !matches!(self.mode.as_str(), "" | "none" | "host")
+    }
+    /// Whether the container is on a user network (not a built-in one).
+    pub fn user_network(&self) -> bool {
+        self.bridged() && !BUILT_IN.contains(&self.mode.as_str())
     }
 }
 
@@ -291,11 +302,11 @@ impl Networks {
     /// given).
     pub fn create(&self, name: &str, subnet: Option<&str>) -> Result<Network, NetError> {
         let _s = info_span!("network_create", name).entered();
-        if !valid_name(name) || matches!(name, "bridge" | "host" | "none" | "default") {
+        if !valid_name(name) || BUILT_IN.contains(&name) || name == "default" {
             return Err(invalid(
                 "network name",
                 name,
-                "use [a-zA-Z0-9][a-zA-Z0-9_.-]* (not bridge, host, none)",
+                "use [a-zA-Z0-9][a-zA-Z0-9_.-]* (not bridge, pasta, slirp4netns, host, none)",
             ));
         }
         let _l = lock()?;
@@ -355,7 +366,7 @@ impl Networks {
 
     /// `network rm` (the caller checks that no container uses it).
     pub fn remove(&self, name: &str) -> Result<(), NetError> {
-        if matches!(name, "bridge" | "host" | "none") {
+        if BUILT_IN.contains(&name) {
             return Err(invalid(
                 "network",
                 name,
@@ -741,6 +752,8 @@ pub enum Attaching {
     Bridge { root: PathBuf, pid: i32 },
     /// pasta (containers without root), already starting.
     Pasta(pasta::Starting),
+    /// slirp4netns (containers without root), already starting.
+    Slirp(slirp::Starting),
 }
 
 /// Begins connecting the network namespace of `pid` (the container's init, which waits):
@@ -749,8 +762,14 @@ pub fn start_attach(root: &Path, m: &Member<'_>, pid: i32) -> Result<Attaching, 
     if !m.net.bridged() {
         return Ok(Attaching::Nothing);
     }
-    if rootless_mode() && m.net.mode == DEFAULT_NETWORK {
-        return pasta::start(m, pid).map(Attaching::Pasta);
+    if rootless_mode() && !m.net.user_network() {
+        // `bridge` is pasta where installed, else slirp4netns (`plan` checked one is).
+        let slirp = m.net.mode == SLIRP_MODE || (m.net.mode != "pasta" && !pasta::available());
+        return if slirp {
+            slirp::start(m, pid).map(Attaching::Slirp)
+        } else {
+            pasta::start(m, pid).map(Attaching::Pasta)
+        };
     }
     Ok(Attaching::Bridge {
         root: root.to_path_buf(),
@@ -765,6 +784,13 @@ impl Attaching {
             Attaching::Nothing => Ok(None),
             Attaching::Bridge { root, pid } => attach(&root, m, pid),
             Attaching::Pasta(p) => p.finish().map(Some),
+            Attaching::Slirp(s) => {
+                let (attached, exit) = s.finish()?;
+                // Held for the rest of the shim's life on purpose: the kernel closes it when
+                // the shim exits (however it dies), which is what ends slirp4netns.
+                std::mem::forget(exit);
+                Ok(Some(attached))
+            }
         }
     }
 }
@@ -929,6 +955,11 @@ fn detach_record(id: &str, dir: &Path) {
     };
     if a.bridge == pasta::PASTA {
         pasta::detach(dir);
+        let _ = std::fs::remove_file(&rec);
+        return;
+    }
+    if a.bridge == slirp::SLIRP {
+        slirp::detach(dir);
         let _ = std::fs::remove_file(&rec);
         return;
     }

@@ -28,10 +28,11 @@ pub const PASTA: &str = "pasta";
 /// How long pasta may take to set up the namespace and its ports.
 const READY_WITHIN: Duration = Duration::from_secs(20);
 
+/// A helper process of a container (pasta, slirp4netns), recorded by PID and start time.
 #[derive(Debug, Serialize, Deserialize)]
-struct Record {
-    pid: i32,
-    start: u64,
+pub(super) struct Record {
+    pub(super) pid: i32,
+    pub(super) start: u64,
 }
 
 /// The pasta binary, where Debian's `passt` puts it.
@@ -139,6 +140,22 @@ pub fn connect_holder(pid: i32) -> Result<(i32, u64), NetError> {
     Ok((daemon, crate::sys::process_start_time(daemon).unwrap_or(0)))
 }
 
+/// pasta and slirp4netns make the container's interface through /dev/net/tun, which minimal
+/// systems leave to root (0600): a sentence naming the fix.
+pub(super) fn tun_usable(tool: &str) -> Result<(), NetError> {
+    rustix::fs::access(
+        "/dev/net/tun",
+        rustix::fs::Access::READ_OK | rustix::fs::Access::WRITE_OK,
+    )
+    .map_err(|_| {
+        NetError::Rootless(format!(
+            "containers without root reach the network through {tool}, which needs /dev/net/tun \
+             open to you (mode 0666, as desktop distributions ship it; as root: chmod 0666 \
+             /dev/net/tun); or run them with --network none or host"
+        ))
+    })
+}
+
 /// pasta on its way: started, not yet ready.
 pub struct Starting {
     child: std::process::Child,
@@ -182,21 +199,7 @@ pub fn start(m: &Member<'_>, pid: i32) -> Result<Starting, NetError> {
                 .into(),
         ));
     };
-    // pasta makes the container's interface through /dev/net/tun, which minimal systems
-    // leave to root (0600).
-    if rustix::fs::access(
-        "/dev/net/tun",
-        rustix::fs::Access::READ_OK | rustix::fs::Access::WRITE_OK,
-    )
-    .is_err()
-    {
-        return Err(NetError::Rootless(
-            "containers without root reach the network through pasta, which needs /dev/net/tun \
-             open to you (mode 0666, as desktop distributions ship it; as root: chmod 0666 \
-             /dev/net/tun); or run them with --network none or host"
-                .into(),
-        ));
-    }
+    tun_usable("pasta")?;
     let maps = ports::resolve(&m.net.ports, &[])?;
     let pid_file = m.dir.join("pasta.pid");
     let _ = std::fs::remove_file(&pid_file);
@@ -301,14 +304,19 @@ fn cmd_err(bin: &Path, msg: String) -> NetError {
 
 /// Ends the container's pasta (if it still runs and is still the one recorded).
 pub fn detach(dir: &Path) {
-    let rp = dir.join(PASTA_RECORD);
-    if let Some(r) = std::fs::read(&rp)
+    stop_recorded(&dir.join(PASTA_RECORD));
+}
+
+/// Ends the process recorded at `rp` (if it still runs and is still that one), bounded, and
+/// removes the record.
+pub(super) fn stop_recorded(rp: &Path) {
+    if let Some(r) = std::fs::read(rp)
         .ok()
         .and_then(|t| serde_json::from_slice::<Record>(&t).ok())
     {
         detach_record(&r);
     }
-    let _ = std::fs::remove_file(&rp);
+    let _ = std::fs::remove_file(rp);
 }
 
 fn detach_record(r: &Record) {

@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use super::{
-    ContainerNet, DEFAULT_NETWORK, NetError, NetOptions, Networks, invalid, pasta, ports,
-    valid_name,
+    BUILT_IN, ContainerNet, DEFAULT_NETWORK, NetError, NetOptions, Networks, SLIRP_MODE, invalid,
+    pasta, ports, slirp, valid_name,
 };
 
 /// Builds the recorded configuration from the options and the image's exposed ports.
@@ -26,16 +26,33 @@ pub fn plan(
     };
     let mut warnings = Vec::new();
     let rootless = crate::paths::Mode::current() == crate::paths::Mode::Rootless;
-    let user_network = !matches!(mode.as_str(), "host" | "none" | DEFAULT_NETWORK);
+    let user_network = !BUILT_IN.contains(&mode.as_str());
     if user_network {
         Networks::open(root)?.get(&mode)?;
     }
-    if rootless && !matches!(mode.as_str(), "host" | "none") && !pasta::available() {
-        return Err(NetError::Rootless(
-            "containers without root reach the network through pasta, which is not installed \
-             (Debian package passt); install it, or use --network none or --network host"
-                .into(),
+    if matches!(mode.as_str(), "pasta" | SLIRP_MODE) && !rootless {
+        return Err(invalid(
+            "network",
+            &mode,
+            "pasta and slirp4netns are the networks of containers without root; as root use \
+             bridge (the default) or a user network",
         ));
+    }
+    if rootless && !matches!(mode.as_str(), "host" | "none") {
+        let missing = match mode.as_str() {
+            "pasta" => (!pasta::available()).then_some("pasta (Debian package passt)"),
+            SLIRP_MODE => {
+                (!slirp::available()).then_some("slirp4netns (Debian package slirp4netns)")
+            }
+            _ if pasta::available() || slirp::available() => None,
+            _ => Some("pasta (Debian package passt) or slirp4netns"),
+        };
+        if let Some(what) = missing {
+            return Err(NetError::Rootless(format!(
+                "containers without root reach the network through {what}, which is not \
+                 installed; install it, or use --network none or --network host"
+            )));
+        }
     }
     let mut ports = Vec::new();
     for p in &opts.publish {

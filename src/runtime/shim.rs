@@ -326,8 +326,7 @@ fn launch(root: &Path, c: &Container) -> Result<Running, Fail> {
     // On a user network without root, the container shares the user namespace of the user's
     // network namespace (a veth joins only namespaces of one owner): the shim joins it now,
     // for good, and the init is created in it.
-    let user_network = c.meta.net.bridged() && c.meta.net.mode != crate::net::DEFAULT_NETWORK;
-    if let Some(maps) = id_maps.as_ref().filter(|_| user_network) {
+    if let Some(maps) = id_maps.as_ref().filter(|_| c.meta.net.user_network()) {
         let write = |pid: i32| maps.write(pid).map_err(|e| e.to_string());
         let userns = crate::net::rootless::enter(&c.id, &c.dir, &write).map_err(fail_rt)?;
         if let Err(e) = crate::net::rootless::join(&userns) {
