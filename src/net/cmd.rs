@@ -23,8 +23,25 @@ pub trait Runner {
 /// The host: every command is a process.
 pub struct Host;
 
+/// Where `prog` is: on PATH, else in the sbin directories, which an ordinary user's PATH
+/// leaves out on Debian (iptables is /usr/sbin/iptables).
+fn locate(prog: &str) -> String {
+    if prog.contains('/') {
+        return prog.to_string();
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(std::path::PathBuf::from))
+        .map(|d| d.join(prog))
+        .find(|p| p.is_file())
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| prog.to_string())
+}
+
 /// `prog args`, in the user's network namespace without root (see `net::rootless`).
 fn command(prog: &str, args: &[&str]) -> Command {
+    let prog = locate(prog);
+    let prog = prog.as_str();
     let prefix = super::rootless::command_prefix();
     match prefix.split_first() {
         Some((first, rest)) => {
