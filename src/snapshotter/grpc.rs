@@ -30,6 +30,9 @@ pub struct ServeOptions {
 
 struct Service(Arc<Snapshotter>);
 
+/// Allocations from this size up get mappings of their own (see `sys::malloc_mmap_threshold`).
+const MMAP_THRESHOLD: usize = 256 << 10;
+
 /// Runs `f` on a blocking thread.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, SnapshotError> + Send + 'static,
@@ -194,6 +197,9 @@ fn bind(address: &Path) -> Result<std::os::unix::net::UnixListener, SnapshotErro
 pub fn serve(opts: &ServeOptions, ready: impl FnOnce()) -> Result<(), SnapshotError> {
     let span = info_span!("snapshotter", address = %opts.address.display());
     let _g = span.enter();
+    // Every mounted snapshot opens a sled database, whose page table is a few MiB of zeroed
+    // memory that stays nearly unused: from fresh mappings it costs only what is touched.
+    crate::sys::malloc_mmap_threshold(MMAP_THRESHOLD);
     // The socket first: a bad address is refused before anything is created.
     let listener = bind(&opts.address)?;
     let core = match Snapshotter::open(&opts.root, &opts.mounts) {
