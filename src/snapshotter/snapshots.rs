@@ -164,8 +164,9 @@ impl Snapshotter {
         }
     }
 
-    /// Deletes a snapshot's directory (renamed into the trash first, so a crash never leaves
-    /// half a snapshot under a valid name) and forgets it as a layer user.
+    /// Deletes a snapshot's directory (renamed into the trash, so a crash never leaves half a
+    /// snapshot under a valid name; the trash is emptied in the background) and forgets it as
+    /// a layer user.
     fn delete_dir(&self, key: &str) -> Result<(), SnapshotError> {
         let dir = self.dir_of(key);
         if dir.exists() {
@@ -177,8 +178,19 @@ impl Snapshotter {
                 .trash
                 .join(format!("{}-{nanos}", Record::dir_name(key)));
             std::fs::rename(&dir, &to).map_err(SnapshotError::io(&dir))?;
-            let _ = record::sync_dir(&self.snapshots);
-            std::fs::remove_dir_all(&to).map_err(SnapshotError::io(&to))?;
+            record::sync_dir(&self.snapshots)?;
+            // Emptying the trash is off the caller's clock (a writable layer is a sled
+            // database and backing files); what a crash leaves there goes at the next start.
+            let spawned = std::thread::Builder::new()
+                .name("snapshot-trash".into())
+                .spawn(move || {
+                    if let Err(e) = std::fs::remove_dir_all(&to) {
+                        warn!(error = %e, dir = %to.display(), "emptying the trash");
+                    }
+                });
+            if let Err(e) = spawned {
+                warn!(error = %e, "no thread to empty the trash: it is emptied at the next start");
+            }
         }
         self.store.release(&self.user_of(key))?;
         Ok(())
@@ -365,10 +377,10 @@ impl Snapshotter {
         drop(view);
         drop(_offline);
         let layers = self.store.layers();
-        let staged = layers.stage(tar, None)?;
+        let staged = info_span!("stage").in_scope(|| layers.stage(tar, None))?;
         let diff_id = staged.diff_id().clone();
         let locks = layers.lock(std::slice::from_ref(&diff_id))?;
-        layers.commit(staged, &locks)?;
+        info_span!("publish").in_scope(|| layers.commit(staged, &locks))?;
         let dir = self.dir_of(name);
         if dir.exists() {
             self.delete_dir(name)?;
@@ -377,7 +389,8 @@ impl Snapshotter {
         let mut chain = rec.layers.clone();
         chain.push(diff_id.clone());
         // Recorded while the layer lock is held: no collection can take the new layer.
-        self.store.hold_layers(self.user_of(name), chain.clone())?;
+        info_span!("hold")
+            .in_scope(|| self.store.hold_layers(self.user_of(name), chain.clone()))?;
         drop(locks);
         let t = now();
         let committed = Record {
@@ -389,13 +402,13 @@ impl Snapshotter {
             updated: t,
             layers: chain,
         };
-        committed.write(&dir)?;
+        info_span!("record").in_scope(|| committed.write(&dir))?;
         st.records.insert(name.to_string(), committed);
         // The committed snapshot is durable: now the active one goes.
         if let Some(l) = st.live.remove(key) {
             l.unmount();
         }
-        self.delete_dir(key)?;
+        info_span!("delete").in_scope(|| self.delete_dir(key))?;
         st.records.remove(key);
         info!(layer = %diff_id, changes = changes.len(), entries = stats.entries, "committed");
         Ok(())
