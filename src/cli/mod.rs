@@ -281,8 +281,13 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     if crate::paths::Mode::current() == crate::paths::Mode::Rootless
         && let Some(verb) = cli.command.needs_root()
     {
+        let why = if verb == "snapshotter" {
+            "it serves root's containerd; rootless containerd is not supported yet"
+        } else {
+            "containers without root (in a user namespace) are not supported yet"
+        };
         anyhow::bail!(
-            "`strata {verb}` needs root for now: containers without root (in a user namespace) are not supported yet; as an ordinary user, load, mount and mount --rw work (see `strata info`)"
+            "`strata {verb}` needs root for now: {why}; as an ordinary user, load, mount and mount --rw work (see `strata info`)"
         );
     }
     // A command that only reads, on a state root that does not exist yet, answers as an empty
