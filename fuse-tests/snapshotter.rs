@@ -125,7 +125,10 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [proxy_plugins.strata]
   type = "snapshot"
   address = "{strata}"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{opt}"
 "#,
+            opt = env.p("containerd-opt").display(),
             root = env.p("containerd-root").display(),
             state = env.p("containerd-state").display(),
             sock = env.address().display(),
