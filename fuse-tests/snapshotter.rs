@@ -647,7 +647,7 @@ fn layer_count(state: &Path) -> usize {
 fn bad_requests_get_containerds_error_codes() {
     use containerd_snapshots::tonic::{Code, Status};
     use std::collections::HashMap;
-    use strata::snapshotter::{Kind, SnapshotError, Snapshotter};
+    use strata::snapshotter::{Kind, SNAPSHOT_REF, SnapshotError, Snapshotter};
 
     fn code<T: std::fmt::Debug>(r: Result<T, SnapshotError>) -> Code {
         Status::from(r.expect_err("must fail")).code()
@@ -733,6 +733,29 @@ fn bad_requests_get_containerds_error_codes() {
     assert_eq!(keys("kind==committed"), ["c"]);
     assert_eq!(keys("parent==c"), ["a2", "v"]);
     assert_eq!(keys("labels.x==1"), ["c"]);
+
+    // containerd's remote-snapshot protocol (its metadata layer, 1.6): an unpack names its
+    // target in `containerd.io/snapshot.ref`; a layer committed with that label on the same
+    // parent is answered AlreadyExists (nothing is made), and containerd finds it by a filter.
+    let r = HashMap::from([(SNAPSHOT_REF.to_string(), "sha256:chain1".to_string())]);
+    let x = s
+        .create(Kind::Active, "ns1/5/extract-a", "", r.clone())
+        .expect("unpack");
+    std::fs::write(x.source.join("layer-file"), b"once\n").expect("write");
+    s.commit("ns1/6/sha256:chain1", "ns1/5/extract-a", r.clone())
+        .expect("commit");
+    assert_eq!(
+        code(s.create(Kind::Active, "ns2/7/extract-b", "", r.clone())),
+        Code::AlreadyExists
+    );
+    assert_eq!(code(s.stat("ns2/7/extract-b")), Code::NotFound);
+    let lookup = format!(r#"labels."{SNAPSHOT_REF}"==sha256:chain1,parent=="""#);
+    assert_eq!(keys(&lookup), ["ns1/6/sha256:chain1"]);
+    // On another parent the same name is another layer: unpacked.
+    s.create(Kind::Active, "ns2/8/extract-c", "c", r.clone())
+        .expect("unpack on another parent");
+    s.remove("ns2/8/extract-c").expect("remove");
+    s.remove("ns1/6/sha256:chain1").expect("remove");
 
     // One snapshotter per state root; mount points never inside it.
     assert_eq!(

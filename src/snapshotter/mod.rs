@@ -12,6 +12,11 @@
 //! - committed: the active snapshot's change set imported as a strata layer
 //!   (content-addressed in the layer store), on top of the parent chain's layers.
 //!
+//! When containerd's unpacker names the committed snapshot it is about to make (its chain ID,
+//! label `containerd.io/snapshot.ref`) and a committed snapshot with that label and parent is
+//! here already (unpacked in another containerd namespace), `Prepare` answers `AlreadyExists`
+//! and containerd uses that one (its remote-snapshot protocol): a layer is unpacked once.
+//!
 //! Every snapshot holds its layers as a [`User::Snapshot`](crate::image::User) of the image
 //! store, so `rmi` and garbage collection never delete them under it. Containerd is given a
 //! `bind` of the FUSE mount point. Mounts are made at `Prepare`/`View` and, after a restart of
@@ -32,7 +37,7 @@ use std::path::PathBuf;
 
 pub use grpc::{ServeOptions, serve};
 pub use record::{Kind, Record};
-pub use snapshots::{BindMount, Snapshotter, Usage};
+pub use snapshots::{BindMount, SNAPSHOT_REF, Snapshotter, Usage};
 
 /// Why a snapshot operation failed; each maps to the gRPC code containerd expects.
 #[derive(Debug, thiserror::Error)]

@@ -20,6 +20,8 @@ use crate::image::{ImageStore, User};
 
 /// The writable layer's directory inside an active snapshot's directory.
 const RW_DIR: &str = "rw";
+/// The label with which containerd's unpacker names the committed snapshot it is making.
+pub const SNAPSHOT_REF: &str = "containerd.io/snapshot.ref";
 
 /// What containerd mounts for a snapshot: a bind of the FUSE mount point.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -280,6 +282,24 @@ impl Snapshotter {
             }
             p.layers.clone()
         };
+        // containerd's remote-snapshot protocol: an unpack names the committed snapshot it
+        // will make (the chain ID, in `containerd.io/snapshot.ref`); when that layer is here
+        // already on the same parent (unpacked in another namespace), say so instead of
+        // unpacking it again: containerd then finds it by that label and uses it as it is.
+        if let Some(target) = labels.get(SNAPSHOT_REF)
+            && let Some(found) = st.records.values().find(|r| {
+                r.kind == Kind::Committed
+                    && r.parent == parent
+                    && r.labels.get(SNAPSHOT_REF) == Some(target)
+            })
+        {
+            info!(
+                target,
+                existing = found.key,
+                "layer present: not unpacking it again"
+            );
+            return Err(SnapshotError::AlreadyExists(target.clone()));
+        }
         let dir = self.dir_of(key);
         if dir.exists() {
             // A creation that did not finish (no record): start over.
