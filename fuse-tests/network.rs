@@ -7,8 +7,7 @@
 //! every wait is bounded; each test root removes its containers and networks on drop, even
 //! when the test fails. Host ports are distinct per test (tests run in parallel).
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::UdpSocket;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -24,55 +23,6 @@ const GATEWAY: &str = "10.213.0.1";
 /// Runs strata with a deadline (the CLI is killed by PID when it passes).
 fn st(root: &Path, args: &[&str]) -> Out {
     strata_io(root, args, None, DEADLINE)
-}
-
-/// `GET path` over HTTP/1.0 to `addr`, bounded; the body, or None.
-fn http_get(addr: &str, path: &str) -> Option<String> {
-    let a: SocketAddr = addr.parse().ok()?;
-    let mut s = TcpStream::connect_timeout(&a, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    s.set_write_timeout(Some(Duration::from_secs(3))).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut buf = Vec::new();
-    s.take(1 << 20).read_to_end(&mut buf).ok()?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    if !text.starts_with("HTTP/1.") || !text.contains(" 200 ") {
-        return None;
-    }
-    text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
-}
-
-/// Retries `f` (bounded: 50 tries, 10 s) until it gives Some.
-fn eventually<T>(what: &str, f: impl Fn() -> Option<T>) -> T {
-    let end = Instant::now() + Duration::from_secs(10);
-    for _ in 0..50 {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() > end {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("timed out waiting for {what}");
-}
-
-/// A UDP socket bound to `port` inside the network namespace of `pid`.
-fn udp_socket_in(pid: i64, port: u16) -> UdpSocket {
-    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).expect("open netns");
-    std::thread::spawn(move || {
-        // Only this thread changes namespace; the socket keeps it.
-        use std::os::fd::AsFd;
-        rustix::thread::move_into_link_name_space(
-            ns.as_fd(),
-            Some(rustix::thread::LinkNameSpaceType::Network),
-        )
-        .expect("setns");
-        UdpSocket::bind(("0.0.0.0", port)).expect("bind in the container")
-    })
-    .join()
-    .unwrap()
 }
 
 /// strata's per-container rules of `id` in iptables.

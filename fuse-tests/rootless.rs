@@ -1,4 +1,4 @@
-//! strata as an ordinary user (issue 10, parts 1 and 2): per-user defaults, `info`, refusals
+//! strata as an ordinary user (issue 10, parts 1 and 2; containers: rootless_containers.rs): per-user defaults, `info`, refusals
 //! that name the fix, and read-only and writable mounts through `fusermount3`, run as the
 //! unprivileged user `strata-rootless` (made by the test kit) with a fresh HOME per test.
 //! The test itself runs as root: it compares what the user sees with what root sees.
@@ -475,20 +475,4 @@ fn umount_cleans_up_after_a_killed_daemon_and_faults_name_the_fix() {
         "{err}"
     );
     assert!(!is_mounted(&m));
-}
-
-#[test]
-fn containers_say_they_need_root_for_now_and_change_nothing() {
-    let u = loaded();
-    for args in [
-        &["run", "--rm", IMAGE, "echo", "hi"][..],
-        &["create", "--name", "c", IMAGE],
-        &["network", "create", "backend"],
-    ] {
-        let o = u.strata(args);
-        assert_eq!(o.code, 125, "{args:?}: {o:?}");
-        assert_eq!(o.err.trim().lines().count(), 1, "{o:?}");
-        assert!(o.err.contains("needs root for now"), "{o:?}");
-    }
-    assert_eq!(u.strata_ok(&["ps", "-a", "-q"]), "");
 }

@@ -26,9 +26,11 @@ pub enum Mode {
 }
 
 impl Mode {
-    /// The mode of this process.
+    /// The mode of this process: root is uid 0 of the initial user namespace. Root of a
+    /// user namespace (a rootless container's shim that joined one, strata run inside a
+    /// rootless container) cannot change the host, so it is rootless.
     pub fn current() -> Mode {
-        if euid() == 0 {
+        if euid() == 0 && in_initial_user_namespace() {
             Mode::Root
         } else {
             Mode::Rootless
@@ -41,6 +43,16 @@ impl Mode {
             Mode::Rootless => "rootless",
         }
     }
+}
+
+/// Whether this process runs in the initial user namespace (its uid map is the identity).
+pub fn in_initial_user_namespace() -> bool {
+    std::fs::read_to_string("/proc/self/uid_map")
+        .map(|m| {
+            let f: Vec<&str> = m.split_whitespace().collect();
+            f == ["0", "0", "4294967295"]
+        })
+        .unwrap_or(false)
 }
 
 /// The effective uid of this process.
@@ -177,8 +189,31 @@ pub fn runtime_dir() -> PathBuf {
     }
     match env_dir("XDG_RUNTIME_DIR") {
         Some(run) => run.join("strata"),
-        None => std::env::temp_dir().join(format!("strata-{}", euid())),
+        None => std::env::temp_dir().join(format!("strata-{}", outside_uid())),
     }
+}
+
+/// This process's effective uid as the parent user namespace sees it (the same uid outside
+/// any user namespace): a rootless container's shim that joined the user's namespace still
+/// finds the user's runtime directory.
+pub fn outside_uid() -> u32 {
+    let uid = euid();
+    let Ok(map) = std::fs::read_to_string("/proc/self/uid_map") else {
+        return uid;
+    };
+    map.lines()
+        .filter_map(|l| {
+            let f: Vec<u64> = l
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            let (inside, outside, count) = (*f.first()?, *f.get(1)?, *f.get(2)?);
+            let u = u64::from(uid);
+            (u >= inside && u - inside < count)
+                .then(|| u32::try_from(outside + (u - inside)).ok())?
+        })
+        .next()
+        .unwrap_or(uid)
 }
 
 /// Creates the runtime directory (mode 0700) when missing and checks that it is private to

@@ -365,6 +365,9 @@ fn run(root: &Path, args: RunArgs) -> anyhow::Result<i32> {
     let opts = args.create.options(false)?;
     let cwd = std::env::current_dir().context("current directory")?;
     let c = rt.create(&opts, &cwd, &host_env)?;
+    if let Some(n) = runtime::userns::fallback_notice(root) {
+        eprintln!("strata: note: {n}");
+    }
     let started = match rt.start(
         &c.id,
         StartIo {
@@ -411,6 +414,9 @@ fn create(root: &Path, args: CreateArgs) -> anyhow::Result<i32> {
     let opts = args.options(false)?;
     let cwd = std::env::current_dir().context("current directory")?;
     let c = rt.create(&opts, &cwd, &host_env)?;
+    if let Some(n) = runtime::userns::fallback_notice(root) {
+        eprintln!("strata: note: {n}");
+    }
     println!("{}", c.id);
     Ok(0)
 }

@@ -23,6 +23,10 @@ struct Info {
     fuse: FuseAccess,
     /// Why this user cannot mount (`null` when it can).
     fuse_problem: Option<String>,
+    /// How container ids map to this user's (root: `host ids`).
+    id_mapping: String,
+    /// The default network of this user's containers.
+    network: String,
 }
 
 pub fn show(root: &Path, given: bool, json: bool) -> anyhow::Result<i32> {
@@ -38,6 +42,8 @@ pub fn show(root: &Path, given: bool, json: bool) -> anyhow::Result<i32> {
         runtime_dir: paths::runtime_dir().display().to_string(),
         fuse_problem: fuse.check_mountable().err().map(|e| e.to_string()),
         fuse,
+        id_mapping: id_mapping(),
+        network: network(),
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&info)?);
@@ -103,5 +109,46 @@ pub fn show(root: &Path, given: bool, json: bool) -> anyhow::Result<i32> {
     } else {
         println!("Mounts:        possible");
     }
+    println!("Container ids: {}", info.id_mapping);
+    println!("Network:       {}", info.network);
     Ok(0)
+}
+
+/// What `run` maps: nothing as root, else root to the user and the subordinate ranges.
+fn id_mapping() -> String {
+    use crate::runtime::userns::IdMaps;
+    if paths::Mode::current() == paths::Mode::Root {
+        return "the host's (root)".into();
+    }
+    let m = IdMaps::of_current_user();
+    let sub: u64 = m.uids.iter().skip(1).map(|r| u64::from(r.count)).sum();
+    if m.maps_subordinate() {
+        format!(
+            "root is uid {}, 1..={sub} your subordinate uids",
+            paths::euid()
+        )
+    } else if m.subordinate() {
+        "only your uid, as root (newuidmap/newgidmap missing: Debian package uidmap)".into()
+    } else {
+        "only your uid, as root (no range in /etc/subuid and /etc/subgid)".into()
+    }
+}
+
+/// The default network of this user's containers.
+fn network() -> String {
+    if paths::Mode::current() == paths::Mode::Root {
+        return "bridge strata0 (iptables)".into();
+    }
+    let tun = rustix::fs::access(
+        "/dev/net/tun",
+        rustix::fs::Access::READ_OK | rustix::fs::Access::WRITE_OK,
+    )
+    .is_ok();
+    match (crate::net::pasta::available(), tun) {
+        (true, true) => "pasta".into(),
+        (true, false) => {
+            "pasta, but /dev/net/tun is not open to you: only --network none/host".into()
+        }
+        (false, _) => "pasta not installed (Debian package passt): only --network none/host".into(),
+    }
 }

@@ -212,26 +212,6 @@ impl Command {
         )
     }
 
-    /// The verb of a command that only root can run yet (containers start processes in
-    /// namespaces, networks change the host's): `None` for the others.
-    fn needs_root(&self) -> Option<&'static str> {
-        use containers::ContainerCommand as C;
-        use network::NetworkCommand as N;
-        match self {
-            Command::Containers(c) => match **c {
-                C::Run(_) => Some("run"),
-                C::Create(_) => Some("create"),
-                C::Start(_) => Some("start"),
-                C::Restart(_) => Some("restart"),
-                C::Exec(_) => Some("exec"),
-                _ => None,
-            },
-            Command::Network(N::Create { .. }) => Some("network create"),
-            Command::Snapshotter(_) => Some("snapshotter"),
-            _ => None,
-        }
-    }
-
     /// The commands that only read the state root (listings, inspection, output of images and
     /// containers to files elsewhere).
     fn reads_only(&self) -> bool {
@@ -277,18 +257,6 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     let creates = !cli.command.reads_only();
     if cli.command.uses_state_root() && (creates || root.exists()) {
         crate::paths::check_state_root(&root)?;
-    }
-    if crate::paths::Mode::current() == crate::paths::Mode::Rootless
-        && let Some(verb) = cli.command.needs_root()
-    {
-        let why = if verb == "snapshotter" {
-            "it serves root's containerd; rootless containerd is not supported yet"
-        } else {
-            "containers without root (in a user namespace) are not supported yet"
-        };
-        anyhow::bail!(
-            "`strata {verb}` needs root for now: {why}; as an ordinary user, load, mount and mount --rw work (see `strata info`)"
-        );
     }
     // A command that only reads, on a state root that does not exist yet, answers as an empty
     // store does, without creating one where the user pointed: it reads an empty scratch root

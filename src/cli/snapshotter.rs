@@ -33,6 +33,11 @@ fn default_mounts(root: &Path) -> PathBuf {
 }
 
 pub fn run(root: &Path, args: SnapshotterArgs) -> anyhow::Result<i32> {
+    if crate::paths::Mode::current() == crate::paths::Mode::Rootless {
+        anyhow::bail!(
+            "`strata snapshotter` needs root for now: it serves root's containerd (a rootless containerd is not supported yet)"
+        );
+    }
     let opts = ServeOptions {
         root: root.to_path_buf(),
         mounts: args.mounts.unwrap_or_else(|| default_mounts(root)),

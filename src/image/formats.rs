@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use super::ImageError;
 use super::archive::{Source, components};
 use super::reference::Reference;
-use super::spec::{self, Descriptor, DockerArchiveEntry, ImageConfig, Index, LayoutFile, Manifest};
+use super::spec::{
+    self, Descriptor, DockerArchiveEntry, ImageConfig, ImageIndex, ImageManifest, OciDoc, OciLayout,
+};
 use crate::digest::Digest;
 
 /// Largest JSON document (index, manifest, config, manifest.json) read into memory.
@@ -70,6 +72,25 @@ fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Resul
     serde_json::from_slice(bytes).map_err(|e| ImageError::invalid(what, e))
 }
 
+/// Parses an index or a manifest with oci-spec's types; one that fails as it is is read again
+/// with Go's zero values for missing and `null` fields (see [`spec::fill_go_zero_values`]), and
+/// when that fails too, the first error (it has the position) is the one reported.
+fn parse_oci<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    what: &str,
+    kind: OciDoc,
+) -> Result<T, ImageError> {
+    let first = match serde_json::from_slice(bytes) {
+        Ok(doc) => return Ok(doc),
+        Err(e) => e,
+    };
+    let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        return Err(ImageError::invalid(what, first));
+    };
+    spec::fill_go_zero_values(&mut value, kind);
+    serde_json::from_value(value).map_err(|_| ImageError::invalid(what, first))
+}
+
 fn parse_digest(s: &str, what: &str) -> Result<Digest, ImageError> {
     s.parse()
         .map_err(|e: crate::digest::BadDigest| ImageError::invalid(what, e))
@@ -81,20 +102,20 @@ fn blob_name(d: &Digest) -> String {
 
 /// Reads the blob a descriptor names, checking its size and digest before anyone parses it.
 fn read_blob(src: &Source, desc: &Descriptor, what: &str) -> Result<(Digest, Vec<u8>), ImageError> {
-    let digest = parse_digest(&desc.digest, what)?;
+    let digest = parse_digest(desc.digest().as_ref(), what)?;
     let name = blob_name(&digest);
     let path = src.require(&name, what)?;
-    if desc.size > MAX_JSON {
+    if desc.size() > MAX_JSON {
         return Err(ImageError::invalid(
             what,
-            format!("declared size {} is larger than 16 MiB", desc.size),
+            format!("declared size {} is larger than 16 MiB", desc.size()),
         ));
     }
     let bytes = read_small(&path, what)?;
-    if bytes.len() as u64 != desc.size {
+    if bytes.len() as u64 != desc.size() {
         return Err(ImageError::SizeMismatch {
             what: what.to_string(),
-            expected: desc.size,
+            expected: desc.size(),
             actual: bytes.len() as u64,
         });
     }
@@ -128,18 +149,22 @@ fn parse_config(bytes: &[u8], what: &str) -> Result<ImageConfig, ImageError> {
 
 fn oci_layout(src: &Source, index_path: &Path, input: &Path) -> Result<Vec<ImagePlan>, ImageError> {
     if let Some(p) = src.resolve("oci-layout")? {
-        let layout: LayoutFile = parse_json(&read_small(&p, "oci-layout")?, "oci-layout")?;
-        if !layout.image_layout_version.starts_with("1.") {
+        let layout: OciLayout = parse_json(&read_small(&p, "oci-layout")?, "oci-layout")?;
+        if !layout.image_layout_version().starts_with("1.") {
             return Err(ImageError::invalid(
                 "oci-layout",
                 format!(
                     "image layout version {:?} (this strata reads 1.x)",
-                    layout.image_layout_version
+                    layout.image_layout_version()
                 ),
             ));
         }
     }
-    let index: Index = parse_json(&read_small(index_path, "index.json")?, "index.json")?;
+    let index: ImageIndex = parse_oci(
+        &read_small(index_path, "index.json")?,
+        "index.json",
+        OciDoc::Index,
+    )?;
     check_index(&index, "index.json")?;
     let mut found = Vec::new();
     let mut skipped = Vec::new();
@@ -161,19 +186,19 @@ fn oci_layout(src: &Source, index_path: &Path, input: &Path) -> Result<Vec<Image
         .collect()
 }
 
-fn check_index(index: &Index, what: &str) -> Result<(), ImageError> {
-    if index.schema_version != 2 {
+fn check_index(index: &ImageIndex, what: &str) -> Result<(), ImageError> {
+    if index.schema_version() != 2 {
         return Err(ImageError::invalid(
             what,
-            format!("schemaVersion {} (expected 2)", index.schema_version),
+            format!("schemaVersion {} (expected 2)", index.schema_version()),
         ));
     }
-    if let Some(mt) = &index.media_type
+    if let Some(mt) = index.media_type()
         && !spec::is_index_type(mt)
     {
         return Err(ImageError::UnsupportedMediaType {
             what: what.to_string(),
-            media_type: mt.clone(),
+            media_type: mt.to_string(),
         });
     }
     Ok(())
@@ -186,51 +211,57 @@ fn tag_of(desc: &Descriptor) -> Option<Reference> {
     ]
     .iter()
     .find_map(|k| {
-        desc.annotations
-            .get(*k)
+        desc.annotations()
+            .as_ref()
+            .and_then(|a| a.get(*k))
             .and_then(|v| Reference::from_annotation(v))
     })
 }
 
 /// Whether a manifest's platform is one this host runs (no platform: yes).
 fn platform_ok(desc: &Descriptor) -> Result<(), String> {
-    match &desc.platform {
+    match desc.platform() {
         None => Ok(()),
-        Some(p) if p.os == "linux" && p.architecture == spec::host_arch() => Ok(()),
-        Some(p) => Err(match &p.variant {
-            Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
-            None => format!("{}/{}", p.os, p.architecture),
+        Some(p)
+            if p.os().to_string() == "linux"
+                && p.architecture().to_string() == spec::host_arch() =>
+        {
+            Ok(())
+        }
+        Some(p) => Err(match p.variant() {
+            Some(v) => format!("{}/{}/{v}", p.os(), p.architecture()),
+            None => format!("{}/{}", p.os(), p.architecture()),
         }),
     }
 }
 
 fn walk_index(
     src: &Source,
-    index: &Index,
+    index: &ImageIndex,
     what: &str,
     inherited: Option<&Reference>,
     depth: usize,
     found: &mut Vec<(Descriptor, Option<Reference>)>,
     skipped: &mut Vec<String>,
 ) -> Result<(), ImageError> {
-    for desc in &index.manifests {
+    for desc in index.manifests() {
         let tag = tag_of(desc).or_else(|| inherited.cloned());
         if let Err(p) = platform_ok(desc) {
             skipped.push(p);
             continue;
         }
-        let mt = desc.media_type.as_str();
+        let mt = desc.media_type();
         if spec::is_manifest_type(mt) {
             found.push((desc.clone(), tag));
         } else if spec::is_index_type(mt) {
             if depth >= MAX_INDEX_DEPTH {
                 return Err(ImageError::invalid(what, "indexes nested too deep"));
             }
-            let inner_what = format!("index {}", desc.digest);
+            let inner_what = format!("index {}", desc.digest());
             let (_, bytes) = read_blob(src, desc, &inner_what)?;
-            let inner: Index = parse_json(&bytes, &inner_what)?;
+            let inner: ImageIndex = parse_oci(&bytes, &inner_what, OciDoc::Index)?;
             check_index(&inner, &inner_what)?;
-            if inner.media_type.as_deref().is_some_and(|m| m != mt) {
+            if inner.media_type().as_ref().is_some_and(|m| m != mt) {
                 return Err(ImageError::invalid(
                     inner_what,
                     "its mediaType differs from the descriptor's",
@@ -247,11 +278,10 @@ fn walk_index(
             )?;
         } else {
             return Err(ImageError::UnsupportedMediaType {
-                what: format!("{what}: manifest {}", desc.digest),
-                media_type: if mt.is_empty() {
-                    "(none)".into()
-                } else {
-                    mt.to_string()
+                what: format!("{what}: manifest {}", desc.digest()),
+                media_type: match mt.as_ref() {
+                    "" => "(none)".into(),
+                    mt => mt.to_string(),
                 },
             });
         }
@@ -264,54 +294,56 @@ fn oci_image(
     desc: &Descriptor,
     tag: Option<Reference>,
 ) -> Result<ImagePlan, ImageError> {
-    let what = format!("manifest {}", desc.digest);
+    let what = format!("manifest {}", desc.digest());
     let (_, bytes) = read_blob(src, desc, &what)?;
-    let manifest: Manifest = parse_json(&bytes, &what)?;
-    if manifest.schema_version != 2 {
+    let manifest: ImageManifest = parse_oci(&bytes, &what, OciDoc::Manifest)?;
+    if manifest.schema_version() != 2 {
         return Err(ImageError::invalid(
             &what,
-            format!("schemaVersion {} (expected 2)", manifest.schema_version),
+            format!("schemaVersion {} (expected 2)", manifest.schema_version()),
         ));
     }
-    if let Some(mt) = &manifest.media_type
-        && *mt != desc.media_type
+    if let Some(mt) = manifest.media_type()
+        && mt != desc.media_type()
     {
         return Err(ImageError::invalid(
             &what,
             format!(
-                "its mediaType {mt:?} differs from the descriptor's {:?}",
-                desc.media_type
+                "its mediaType {:?} differs from the descriptor's {:?}",
+                mt.as_ref(),
+                desc.media_type().as_ref()
             ),
         ));
     }
-    if !spec::is_config_type(&manifest.config.media_type) {
+    let config_desc = manifest.config();
+    if !spec::is_config_type(config_desc.media_type()) {
         return Err(ImageError::UnsupportedMediaType {
             what: format!("config of {what}"),
-            media_type: manifest.config.media_type.clone(),
+            media_type: config_desc.media_type().to_string(),
         });
     }
-    let config_what = format!("image config {}", manifest.config.digest);
-    let (id, config_bytes) = read_blob(src, &manifest.config, &config_what)?;
+    let config_what = format!("image config {}", config_desc.digest());
+    let (id, config_bytes) = read_blob(src, config_desc, &config_what)?;
     let config = parse_config(&config_bytes, &config_what)?;
-    if manifest.layers.len() != config.rootfs.diff_ids.len() {
+    if manifest.layers().len() != config.rootfs.diff_ids.len() {
         return Err(ImageError::invalid(
             &what,
             format!(
                 "{} layers, but its config lists {} diff_ids",
-                manifest.layers.len(),
+                manifest.layers().len(),
                 config.rootfs.diff_ids.len()
             ),
         ));
     }
-    let mut layers = Vec::with_capacity(manifest.layers.len());
-    for (l, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
-        if !spec::is_layer_type(&l.media_type) {
+    let mut layers = Vec::with_capacity(manifest.layers().len());
+    for (l, diff_id) in manifest.layers().iter().zip(&config.rootfs.diff_ids) {
+        if !spec::is_layer_type(l.media_type()) {
             return Err(ImageError::UnsupportedMediaType {
-                what: format!("layer {} of {what}", l.digest),
-                media_type: l.media_type.clone(),
+                what: format!("layer {} of {what}", l.digest()),
+                media_type: l.media_type().to_string(),
             });
         }
-        let digest = parse_digest(&l.digest, &format!("layer of {what}"))?;
+        let digest = parse_digest(l.digest().as_ref(), &format!("layer of {what}"))?;
         let name = blob_name(&digest);
         let blob = src.require(&name, &format!("layer blob {digest}"))?;
         layers.push(LayerPlan {
@@ -319,7 +351,7 @@ fn oci_image(
             blob,
             blob_name: name,
             blob_digest: Some(digest),
-            blob_size: Some(l.size),
+            blob_size: Some(l.size()),
         });
     }
     Ok(ImagePlan {

@@ -17,7 +17,8 @@ use std::path::Path;
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
-use super::{ImageError, ImageRecord, ImageStore, spec};
+use super::spec::MediaType;
+use super::{ImageError, ImageRecord, ImageStore};
 use crate::digest::Digest;
 use crate::layer::{Kind, LayerIndex, marker};
 
@@ -237,12 +238,15 @@ pub fn save(
             &format!("blobs/sha256/{}", config_digest.hex()),
             &config_bytes,
         )?;
+        // Written as `json!` values (keys sorted: the same bytes every run) rather than with
+        // oci-spec's types, whose annotations are a `HashMap`: index.json would come out in a
+        // different order each time. `formats` reads them back with oci-spec's types.
         let manifest = json!({
             "schemaVersion": 2,
-            "mediaType": spec::OCI_MANIFEST,
-            "config": {"mediaType": spec::OCI_CONFIG, "digest": config_digest.to_string(), "size": config_bytes.len()},
+            "mediaType": MediaType::ImageManifest.as_ref(),
+            "config": {"mediaType": MediaType::ImageConfig.as_ref(), "digest": config_digest.to_string(), "size": config_bytes.len()},
             "layers": blobs.iter().map(|(_, d, s)| json!({
-                "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                "mediaType": MediaType::ImageLayer.as_ref(),
                 "digest": d.to_string(), "size": s})).collect::<Vec<_>>(),
         });
         let mbytes = serde_json::to_vec(&manifest)
@@ -255,16 +259,16 @@ pub fn save(
         }
         let descs: Vec<serde_json::Value> = if tags.is_empty() {
             vec![
-                json!({"mediaType": spec::OCI_MANIFEST, "digest": mdigest.to_string(), "size": mbytes.len()}),
+                json!({"mediaType": MediaType::ImageManifest.as_ref(), "digest": mdigest.to_string(), "size": mbytes.len()}),
             ]
         } else {
             tags.iter()
-                .map(|t| json!({"mediaType": spec::OCI_MANIFEST, "digest": mdigest.to_string(),
+                .map(|t| json!({"mediaType": MediaType::ImageManifest.as_ref(), "digest": mdigest.to_string(),
                     "size": mbytes.len(),
                     "annotations": {"org.opencontainers.image.ref.name": t, "io.containerd.image.name": t}}))
                 .collect()
         };
-        let index = json!({"schemaVersion": 2, "mediaType": spec::OCI_INDEX, "manifests": descs});
+        let index = json!({"schemaVersion": 2, "mediaType": MediaType::ImageIndex.as_ref(), "manifests": descs});
         add_file(
             &mut b,
             "index.json",

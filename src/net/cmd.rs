@@ -23,15 +23,29 @@ pub trait Runner {
 /// The host: every command is a process.
 pub struct Host;
 
+/// `prog args`, in the user's network namespace without root (see `net::rootless`).
+fn command(prog: &str, args: &[&str]) -> Command {
+    let prefix = super::rootless::command_prefix();
+    match prefix.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(prog).args(args);
+            c
+        }
+        None => {
+            let mut c = Command::new(prog);
+            c.args(args);
+            c
+        }
+    }
+}
+
 impl Runner for Host {
     fn run(&self, prog: &str, args: &[&str]) -> Result<String, NetError> {
-        let out = Command::new(prog)
-            .args(args)
-            .output()
-            .map_err(|e| NetError::Cmd {
-                cmd: format!("{prog} {}", args.join(" ")),
-                msg: e.to_string(),
-            })?;
+        let out = command(prog, args).output().map_err(|e| NetError::Cmd {
+            cmd: format!("{prog} {}", args.join(" ")),
+            msg: e.to_string(),
+        })?;
         if !out.status.success() {
             return Err(NetError::Cmd {
                 cmd: format!("{prog} {}", args.join(" ")),
@@ -42,8 +56,7 @@ impl Runner for Host {
     }
 
     fn ok(&self, prog: &str, args: &[&str]) -> bool {
-        Command::new(prog)
-            .args(args)
+        command(prog, args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()

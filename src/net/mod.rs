@@ -19,12 +19,21 @@
 //!   anybody else's rule.
 //! - Names: on a user network, each running member's `/etc/hosts` (a bind-mounted file of its
 //!   state directory) is rewritten in place as peers start and stop.
+//! - Without root (`pasta`, `rootless`, `proxy`): the default network is a pasta per
+//!   container; user networks live in the user's own network namespace (the same bridges,
+//!   veths and rules, every command run inside it), reached from outside through pasta, their
+//!   published ports through a proxy in the shim; state under the user's runtime directory
+//!   ([`run_dir`]).
 
 pub mod cmd;
 mod hosts;
+pub mod pasta;
+mod plan;
 #[cfg(test)]
 mod planning_tests;
 pub mod ports;
+mod proxy;
+pub mod rootless;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -37,10 +46,34 @@ use tracing::{info, info_span, warn};
 
 pub(crate) use cmd::{ok, run};
 pub use hosts::hosts_file;
+pub use plan::plan;
 pub use ports::PortSpec;
 
 /// Host-wide network state (leases, lock); tmpfs, so a reboot frees every lease.
 pub const RUN_DIR: &str = "/run/strata/net";
+
+/// Where this user's network state lives: [`RUN_DIR`] for root; without root, `net` in the
+/// user's runtime directory (its networks live in its own network namespace, see
+/// [`rootless`]).
+pub fn run_dir() -> PathBuf {
+    match crate::paths::Mode::current() {
+        crate::paths::Mode::Root => PathBuf::from(RUN_DIR),
+        crate::paths::Mode::Rootless => crate::paths::runtime_dir().join("net"),
+    }
+}
+
+fn rootless_mode() -> bool {
+    crate::paths::Mode::current() == crate::paths::Mode::Rootless
+}
+
+/// Sets a sysctl of the network namespace the links live in (the user's own without root).
+fn set_sysctl(path: &str, value: &str) -> Result<(), NetError> {
+    if rootless_mode() {
+        run("sh", &["-c", &format!("echo {value} > {path}")])?;
+        return Ok(());
+    }
+    std::fs::write(path, value).map_err(io_err(Path::new(path)))
+}
 /// The default network's name, bridge and subnet.
 pub const DEFAULT_NETWORK: &str = "bridge";
 pub const DEFAULT_BRIDGE: &str = "strata0";
@@ -75,6 +108,8 @@ pub enum NetError {
     Exhausted(String),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error("{0}")]
+    Rootless(String),
 }
 
 fn io_err(p: &Path) -> impl FnOnce(io::Error) -> NetError + '_ {
@@ -171,6 +206,9 @@ fn overlaps(a: (Ipv4Addr, u8), b: (Ipv4Addr, u8)) -> bool {
 }
 
 fn link_exists(name: &str) -> bool {
+    if rootless_mode() {
+        return rootless::namespaces().is_some() && ok("ip", &["link", "show", "dev", name]);
+    }
     Path::new("/sys/class/net").join(name).exists()
 }
 
@@ -180,7 +218,8 @@ pub struct NetLock {
 }
 
 pub fn lock() -> Result<NetLock, NetError> {
-    let dir = Path::new(RUN_DIR);
+    let dir = run_dir();
+    let dir = dir.as_path();
     std::fs::create_dir_all(dir.join("leases")).map_err(io_err(dir))?;
     let p = dir.join("lock");
     Ok(NetLock {
@@ -263,7 +302,12 @@ impl Networks {
         if self.get(name).is_ok() {
             return Err(NetError::Exists(name.into()));
         }
-        let taken = host_prefixes()?;
+        let mut taken = host_prefixes()?;
+        // Networks defined but not up (without root their bridges come with their first
+        // container) keep their subnets too.
+        for n in self.list()? {
+            taken.extend(n.prefix());
+        }
         let subnet = match subnet {
             Some(s) => {
                 let p = parse_cidr(s)?;
@@ -299,7 +343,9 @@ impl Networks {
             gateway: gateway.to_string(),
             created: crate::time::now(),
         };
-        ensure_bridge(&n)?;
+        if !rootless_mode() {
+            ensure_bridge(&n)?;
+        }
         let p = self.dir.join(format!("{name}.json"));
         let body = serde_json::to_vec_pretty(&n).expect("serializable");
         std::fs::write(&p, body).map_err(io_err(&p))?;
@@ -318,7 +364,10 @@ impl Networks {
         }
         let n = self.get(name)?;
         let _l = lock()?;
-        remove_bridge(&n)?;
+        // Without root the bridge lives only while the user's network namespace does.
+        if !rootless_mode() || rootless::namespaces().is_some() {
+            remove_bridge(&n)?;
+        }
         let p = self.dir.join(format!("{name}.json"));
         std::fs::remove_file(&p).map_err(io_err(&p))
     }
@@ -508,14 +557,17 @@ fn ensure_bridge(n: &Network) -> Result<(), NetError> {
         run("ip", &["addr", "add", &addr, "dev", &n.bridge])?;
     }
     run("ip", &["link", "set", &n.bridge, "up"])?;
-    let p = format!("/proc/sys/net/ipv4/conf/{}/route_localnet", n.bridge);
-    std::fs::write(&p, "1").map_err(io_err(Path::new(&p)))?;
+    set_sysctl(
+        &format!("/proc/sys/net/ipv4/conf/{}/route_localnet", n.bridge),
+        "1",
+    )?;
     let p = "/proc/sys/net/ipv4/ip_forward";
-    if std::fs::read_to_string(p)
-        .map(|s| s.trim() != "1")
-        .unwrap_or(true)
+    if rootless_mode()
+        || std::fs::read_to_string(p)
+            .map(|s| s.trim() != "1")
+            .unwrap_or(true)
     {
-        std::fs::write(p, "1").map_err(io_err(Path::new(p)))?;
+        set_sysctl(p, "1")?;
     }
     for (table, rule) in net_rules(n) {
         let r: Vec<&str> = rule.iter().map(String::as_str).collect();
@@ -605,12 +657,12 @@ impl Lease {
 }
 
 fn lease_path(ip: &str) -> PathBuf {
-    Path::new(RUN_DIR).join("leases").join(ip)
+    run_dir().join("leases").join(ip)
 }
 
 /// Every lease (call with the lock held).
 fn leases() -> Vec<Lease> {
-    let dir = Path::new(RUN_DIR).join("leases");
+    let dir = run_dir().join("leases");
     let mut out = Vec::new();
     if let Ok(rd) = std::fs::read_dir(&dir) {
         for e in rd.flatten() {
@@ -681,10 +733,46 @@ pub struct Member<'a> {
     pub net: &'a ContainerNet,
 }
 
+/// Connecting a container to its network, begun by [`start_attach`].
+pub enum Attaching {
+    /// Nothing to do (`none`, `host`).
+    Nothing,
+    /// A bridge: wired by [`Attaching::finish`].
+    Bridge { root: PathBuf, pid: i32 },
+    /// pasta (containers without root), already starting.
+    Pasta(pasta::Starting),
+}
+
+/// Begins connecting the network namespace of `pid` (the container's init, which waits):
+/// pasta starts at once, so that it gets ready while the shim opens the rootfs.
+pub fn start_attach(root: &Path, m: &Member<'_>, pid: i32) -> Result<Attaching, NetError> {
+    if !m.net.bridged() {
+        return Ok(Attaching::Nothing);
+    }
+    if rootless_mode() && m.net.mode == DEFAULT_NETWORK {
+        return pasta::start(m, pid).map(Attaching::Pasta);
+    }
+    Ok(Attaching::Bridge {
+        root: root.to_path_buf(),
+        pid,
+    })
+}
+
+impl Attaching {
+    /// Completes what [`start_attach`] began; on error nothing of it is left.
+    pub fn finish(self, m: &Member<'_>) -> Result<Option<Attached>, NetError> {
+        match self {
+            Attaching::Nothing => Ok(None),
+            Attaching::Bridge { root, pid } => attach(&root, m, pid),
+            Attaching::Pasta(p) => p.finish().map(Some),
+        }
+    }
+}
+
 /// Connects the network namespace of `pid` (the container's init, stopped before it goes
 /// on) to its network: a veth pair, an address, a default route, the published ports,
 /// `/etc/hosts`. On error nothing of it is left.
-pub fn attach(root: &Path, m: &Member<'_>, pid: i32) -> Result<Option<Attached>, NetError> {
+fn attach(root: &Path, m: &Member<'_>, pid: i32) -> Result<Option<Attached>, NetError> {
     if !m.net.bridged() {
         return Ok(None);
     }
@@ -795,6 +883,16 @@ fn wire(a: &Attached, m: &Member<'_>, pid: i32) -> Result<(), NetError> {
     ])?;
     inside(&["link", "set", "eth0", "up"])?;
     inside(&["route", "add", "default", "via", &a.gateway])?;
+    if rootless_mode() {
+        // The host's ports are not the user namespace's to DNAT: strata's proxy, in the shim.
+        let ip: Ipv4Addr =
+            a.ip.parse()
+                .map_err(|_| invalid("address", &a.ip, "not an IPv4 address"))?;
+        if let Some((_, netns)) = rootless::namespaces() {
+            proxy::serve(&a.ports, ip, &netns)?;
+        }
+        return Ok(());
+    }
     ports::add_rules(&a.ip, &a.ports, &format!("{RULE_TAG}{}", short(m.id)))?;
     Ok(())
 }
@@ -809,6 +907,17 @@ pub fn mac_for(ip: Ipv4Addr) -> String {
 /// Undoes [`attach`] (the shim, when the container is gone; or the reconciler, after a
 /// killed shim). Safe to call twice.
 pub fn detach(id: &str, dir: &Path) {
+    detach_record(id, dir);
+    // Without root: the last container of the user's networks ends their namespace.
+    if rootless_mode()
+        && run_dir().join("users").join(id).exists()
+        && let Ok(_l) = lock()
+    {
+        rootless::leave(id);
+    }
+}
+
+fn detach_record(id: &str, dir: &Path) {
     let rec = dir.join(NET_RECORD);
     let Ok(text) = std::fs::read(&rec) else {
         return;
@@ -818,6 +927,11 @@ pub fn detach(id: &str, dir: &Path) {
         let _ = std::fs::remove_file(&rec);
         return;
     };
+    if a.bridge == pasta::PASTA {
+        pasta::detach(dir);
+        let _ = std::fs::remove_file(&rec);
+        return;
+    }
     let _l = match lock() {
         Ok(l) => l,
         Err(e) => {
@@ -893,66 +1007,11 @@ pub fn users(n: &Network) -> Vec<String> {
 
 /// Cleans every stale lease and its rules (any strata command may call it).
 pub fn reconcile() {
-    if Path::new(RUN_DIR).exists()
+    if run_dir().exists()
         && let Ok(_l) = lock()
     {
         reclaim();
     }
-}
-
-/// Builds the recorded configuration from the options and the image's exposed ports.
-pub fn plan(
-    root: &Path,
-    opts: &NetOptions,
-    exposed: &[String],
-) -> Result<(ContainerNet, Vec<String>), NetError> {
-    let mode = opts
-        .network
-        .clone()
-        .unwrap_or_else(|| DEFAULT_NETWORK.into());
-    let mode = if mode == "default" {
-        DEFAULT_NETWORK.into()
-    } else {
-        mode
-    };
-    let mut warnings = Vec::new();
-    if !matches!(mode.as_str(), "host" | "none" | DEFAULT_NETWORK) {
-        Networks::open(root)?.get(&mode)?;
-    }
-    let mut ports = Vec::new();
-    for p in &opts.publish {
-        ports.extend(ports::parse(p)?);
-    }
-    if opts.publish_all {
-        for e in exposed {
-            ports.extend(ports::parse(e)?);
-        }
-    }
-    for a in &opts.aliases {
-        if !valid_name(a) {
-            return Err(invalid(
-                "network alias",
-                a,
-                "use [a-zA-Z0-9][a-zA-Z0-9_.-]*",
-            ));
-        }
-    }
-    if !ports.is_empty() && !matches!(mode.as_str(), "host" | "none") {
-        // fine
-    } else if !ports.is_empty() {
-        warnings.push(format!(
-            "published ports are discarded when using {mode} network mode"
-        ));
-        ports.clear();
-    }
-    Ok((
-        ContainerNet {
-            mode,
-            ports,
-            aliases: opts.aliases.clone(),
-        },
-        warnings,
-    ))
 }
 
 #[cfg(test)]

@@ -100,6 +100,23 @@ pub fn create(id: &str, res: &Resources) -> Result<Vec<PathBuf>, RuntimeError> {
     if wanted.is_empty() {
         return Ok(vec![]);
     }
+    if crate::paths::Mode::current() == crate::paths::Mode::Rootless {
+        let flags: Vec<&str> = wanted
+            .iter()
+            .map(|c| match *c {
+                "memory" => "--memory",
+                "cpu" => "--cpus",
+                _ => "--pids-limit",
+            })
+            .collect();
+        return Err(RuntimeError::Cgroup(format!(
+            "{} need root here: a container without root can only be limited in a cgroup v2 \
+             subtree delegated to its user (as systemd's user@UID.service), and this host \
+             delegates none; run without {}",
+            flags.join(", "),
+            if flags.len() == 1 { "it" } else { "them" }
+        )));
+    }
     let all = hierarchies();
     let mut dirs: Vec<(PathBuf, bool, Vec<&str>)> = Vec::new();
     for c in &wanted {

@@ -94,6 +94,14 @@ pub fn exec(
         .map_err(sys_err("opening the container's namespaces"))
     };
     let pid_ns = open_ns("pid")?;
+    // A container started without root has a user namespace of its own: join it first (its
+    // owner may), which gives the rights to join the others.
+    let user_ns = {
+        let theirs = open_ns("user")?;
+        let ours = rustix::fs::stat("/proc/self/ns/user").map_err(sys_err("/proc/self/ns/user"))?;
+        let t = rustix::fs::fstat(&theirs).map_err(sys_err("the container's user namespace"))?;
+        (t.st_ino != ours.st_ino || t.st_dev != ours.st_dev).then_some(theirs)
+    };
     let others: Vec<(OwnedFd, LinkNameSpaceType)> = vec![
         (
             open_ns("ipc")?,
@@ -135,30 +143,114 @@ pub fn exec(
     } else {
         (None, None)
     };
-    rustix::thread::move_into_link_name_space(pid_ns.as_fd(), Some(LinkNameSpaceType::ProcessID))
-        .map_err(sys_err("joining the container's pid namespace"))?;
-    let forked = csys::fork();
-    let back = rustix::thread::move_into_link_name_space(
-        own_pidns.as_fd(),
-        Some(LinkNameSpaceType::ProcessID),
-    );
-    let child = match forked {
-        Ok(Fork::Child) => {
-            drop(err_r);
-            drop(console_parent);
-            let f = enter_and_exec(c, &others, &root, &stdin, &process, console_child.as_ref());
-            init::send_fail(err_w.as_fd(), &f);
-            csys::exit_now(f.code)
+    let enter = |err_w: &OwnedFd| -> ! {
+        let f = enter_and_exec(c, &others, &root, &stdin, &process, console_child.as_ref());
+        init::send_fail(err_w.as_fd(), &f);
+        csys::exit_now(f.code)
+    };
+    // `waiter` is the process to reap for the exit code; `child` the command itself.
+    let (waiter, child) = match &user_ns {
+        None => {
+            rustix::thread::move_into_link_name_space(
+                pid_ns.as_fd(),
+                Some(LinkNameSpaceType::ProcessID),
+            )
+            .map_err(sys_err("joining the container's pid namespace"))?;
+            let forked = csys::fork();
+            // Threads can only be made again in our own pid namespace.
+            let back = rustix::thread::move_into_link_name_space(
+                own_pidns.as_fd(),
+                Some(LinkNameSpaceType::ProcessID),
+            );
+            let child = match forked {
+                Ok(Fork::Child) => {
+                    drop(err_r);
+                    drop(console_parent);
+                    enter(&err_w)
+                }
+                Ok(Fork::Parent(p)) => p,
+                Err(source) => {
+                    return Err(RuntimeError::Sys {
+                        what: "fork".into(),
+                        source,
+                    });
+                }
+            };
+            back.map_err(sys_err("returning to strata's pid namespace"))?;
+            (child, child)
         }
-        Ok(Fork::Parent(p)) => p,
-        Err(source) => {
-            return Err(RuntimeError::Sys {
-                what: "fork".into(),
-                source,
-            });
+        // The container's own user namespace (started without root): an intermediate
+        // process joins it and the pid namespace, which there is no way back from, forks the
+        // command, reports its PID and passes its exit code on.
+        Some(u) => {
+            let (pid_r, pid_w) = pipe_with(PipeFlags::CLOEXEC).map_err(sys_err("pipe"))?;
+            let waiter = match csys::fork() {
+                Ok(Fork::Child) => {
+                    drop((err_r, console_parent, pid_r));
+                    let joined = rustix::thread::move_into_link_name_space(
+                        u.as_fd(),
+                        Some(LinkNameSpaceType::User),
+                    )
+                    .and_then(|()| {
+                        rustix::thread::move_into_link_name_space(
+                            pid_ns.as_fd(),
+                            Some(LinkNameSpaceType::ProcessID),
+                        )
+                    });
+                    if let Err(e) = joined {
+                        init::send_fail(
+                            err_w.as_fd(),
+                            &Fail {
+                                code: EXIT_RUNTIME,
+                                msg: format!(
+                                    "joining the container's namespaces: {}",
+                                    std::io::Error::from(e)
+                                ),
+                            },
+                        );
+                        csys::exit_now(EXIT_RUNTIME);
+                    }
+                    match csys::fork() {
+                        Ok(Fork::Child) => {
+                            drop(pid_w);
+                            enter(&err_w)
+                        }
+                        Ok(Fork::Parent(p)) => {
+                            drop(err_w);
+                            let _ = rustix::io::write(&pid_w, &p.to_le_bytes());
+                            drop(pid_w);
+                            csys::exit_now(wait(p))
+                        }
+                        Err(e) => {
+                            init::send_fail(
+                                err_w.as_fd(),
+                                &Fail {
+                                    code: EXIT_RUNTIME,
+                                    msg: format!("fork: {e}"),
+                                },
+                            );
+                            csys::exit_now(EXIT_RUNTIME)
+                        }
+                    }
+                }
+                Ok(Fork::Parent(p)) => p,
+                Err(source) => {
+                    return Err(RuntimeError::Sys {
+                        what: "fork".into(),
+                        source,
+                    });
+                }
+            };
+            drop(pid_w);
+            let mut buf = [0u8; 4];
+            let child = match rustix::io::read(&pid_r, &mut buf) {
+                Ok(4) => i32::from_le_bytes(buf),
+                // It failed before forking: the reason is on the error pipe.
+                _ => waiter,
+            };
+            (waiter, child)
         }
     };
-    back.map_err(sys_err("returning to strata's pid namespace"))?;
     drop(err_w);
     drop(stdin);
     drop(console_child);
@@ -174,7 +266,7 @@ pub fn exec(
         source,
     })?;
     if let Msg::Fail(f) = msg {
-        let _ = wait(child);
+        let _ = wait(waiter);
         return Err(RuntimeError::Exec {
             code: f.code,
             msg: f.msg,
@@ -182,7 +274,7 @@ pub fn exec(
     }
     let output = master.map(|m| serve_terminal(m, opts.interactive));
     started(child);
-    let code = wait(child);
+    let code = wait(waiter);
     if let Some(done) = output {
         // Background processes may keep the terminal open: do not wait for them long.
         let _ = done.recv_timeout(std::time::Duration::from_secs(2));

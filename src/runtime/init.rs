@@ -120,12 +120,28 @@ pub struct ChildIo {
 pub struct Child<'a> {
     pub spec: &'a Spec,
     pub rootfs: &'a Path,
-    pub fuse: &'a OwnedFd,
+    /// Where the init sends the FUSE connection it opened and mounted.
+    pub fuse_to_shim: OwnedFd,
     pub to_shim: OwnedFd,
     pub from_shim: OwnedFd,
     pub io: ChildIo,
     /// With a terminal: where the pty's master goes.
     pub console: Option<OwnedFd>,
+}
+
+/// The namespaces the shim clones the init into: pid, mount, uts, ipc, the network unless
+/// the spec shares the host's, and a user namespace first when `rootless` (which then owns
+/// the others, so no privilege is needed).
+pub fn namespaces(spec: &Spec, rootless: bool) -> UnshareFlags {
+    let mut flags =
+        UnshareFlags::NEWPID | UnshareFlags::NEWNS | UnshareFlags::NEWUTS | UnshareFlags::NEWIPC;
+    if spec.linux.namespaces.iter().any(|n| n.kind == "network") {
+        flags |= UnshareFlags::NEWNET;
+    }
+    if rootless {
+        flags |= UnshareFlags::NEWUSER;
+    }
+    flags
 }
 
 /// Runs in the forked child: never returns.
@@ -144,13 +160,13 @@ fn run_child(c: &Child<'_>) -> Result<Infallible, Fail> {
     rustix::stdio::dup2_stdin(&c.io.stdin).map_err(fail_errno("stdin"))?;
     rustix::stdio::dup2_stdout(&c.io.stdout).map_err(fail_errno("stdout"))?;
     rustix::stdio::dup2_stderr(&c.io.stderr).map_err(fail_errno("stderr"))?;
-
-    let mut flags = UnshareFlags::NEWNS | UnshareFlags::NEWUTS | UnshareFlags::NEWIPC;
-    if c.spec.linux.namespaces.iter().any(|n| n.kind == "network") {
-        flags |= UnshareFlags::NEWNET;
+    // `U`: our ids are mapped (in a user namespace of our own, without root), go on.
+    match recv(&c.from_shim) {
+        Ok(Msg::Byte(b'U')) => {}
+        _ => csys::exit_now(EXIT_RUNTIME),
     }
-    csys::unshare_namespaces(flags).map_err(fail("unshare"))?;
-    // Nothing mounted from here on propagates to the host.
+
+    // Our namespaces came with the clone (see `namespaces`). Nothing mounted from here on propagates to the host.
     rustix::mount::mount_change(
         "/",
         MountPropagationFlags::DOWNSTREAM | MountPropagationFlags::REC,
@@ -159,10 +175,12 @@ fn run_child(c: &Child<'_>) -> Result<Infallible, Fail> {
     rustix::process::umask(Mode::empty());
 
     // The rootfs: no nosuid (setuid programs of the image behave as under Docker), nodev
-    // (device nodes work only in the container's own /dev tmpfs).
+    // (device nodes work only in the container's own /dev tmpfs). The connection is opened
+    // here: the kernel mounts it only in the user namespace that opened it.
+    let fuse = open_fuse()?;
     let data = format!(
         "fd={},rootmode=40000,user_id=0,group_id=0,allow_other,default_permissions",
-        c.fuse.as_raw_fd()
+        fuse.as_raw_fd()
     );
     let data = CString::new(data).map_err(|_| Fail {
         code: EXIT_RUNTIME,
@@ -179,6 +197,9 @@ fn run_child(c: &Child<'_>) -> Result<Infallible, Fail> {
         "mounting the rootfs on {}",
         c.rootfs.display()
     )))?;
+    super::tty::send_fd(c.fuse_to_shim.as_fd(), fuse.as_fd())
+        .map_err(fail("handing the rootfs's FUSE connection to the shim"))?;
+    drop(fuse);
     send_byte(c.to_shim.as_fd(), b'M').map_err(fail("telling the shim"))?;
     match recv(&c.from_shim) {
         Ok(Msg::Byte(b'G')) => {}
@@ -237,6 +258,30 @@ fn run_child(c: &Child<'_>) -> Result<Infallible, Fail> {
     ))
 }
 
+/// Opens `/dev/fuse`; when it is not open to the user (mode 0600, as on minimal systems),
+/// says how desktop distributions ship it.
+fn open_fuse() -> Result<OwnedFd, Fail> {
+    use std::os::unix::fs::PermissionsExt;
+    match rustix::fs::open("/dev/fuse", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty()) {
+        Ok(fd) => Ok(fd),
+        Err(e @ (rustix::io::Errno::ACCESS | rustix::io::Errno::PERM))
+            if std::fs::metadata("/dev/fuse")
+                .is_ok_and(|m| m.permissions().mode() & 0o006 != 0o006) =>
+        {
+            Err(Fail {
+                code: EXIT_RUNTIME,
+                msg: format!(
+                    "opening /dev/fuse: {}: containers without root need /dev/fuse open to all \
+                     users (mode 0666, as desktop distributions ship it; as root: chmod 0666 \
+                     /dev/fuse)",
+                    io::Error::from(e)
+                ),
+            })
+        }
+        Err(e) => Err(fail_errno("opening /dev/fuse")(e)),
+    }
+}
+
 fn mount_one(root: BorrowedFd<'_>, m: &Mount) -> io::Result<()> {
     let ro = m.options.iter().any(|o| o == "ro");
     if m.kind == "bind" {
@@ -260,6 +305,29 @@ fn mount_one(root: BorrowedFd<'_>, m: &Mount) -> io::Result<()> {
     }
     let tree = match mounts::new_fs(&m.kind, &m.options) {
         Ok(t) => t,
+        // In a user namespace without a network namespace of its own (`--network host`
+        // without root) the kernel refuses a new sysfs: the host's, read-only, as podman does.
+        Err(e) if m.kind == "sysfs" && e.raw_os_error() == Some(libc::EPERM) => mounts::bind_tree(
+            Path::new("/sys"),
+            BindFlags {
+                readonly: true,
+                nodev: true,
+            },
+        )?,
+        // devpts's gid=5 (tty) is not mapped when only the user is (no subordinate ids).
+        Err(e)
+            if m.kind == "devpts"
+                && e.raw_os_error() == Some(libc::EINVAL)
+                && m.options.iter().any(|o| o.starts_with("gid=")) =>
+        {
+            let options: Vec<String> = m
+                .options
+                .iter()
+                .filter(|o| !o.starts_with("gid="))
+                .cloned()
+                .collect();
+            mounts::new_fs(&m.kind, &options)?
+        }
         // A kernel without POSIX message queues: no /dev/mqueue, as runc does.
         Err(e) if m.kind == "mqueue" && e.raw_os_error() == Some(libc::ENODEV) => return Ok(()),
         Err(e) => return Err(e),
@@ -466,11 +534,17 @@ fn drop_privileges(p: &Process, who: &ExecUser) -> Result<(), Fail> {
         .iter()
         .map(|g| rustix::process::Gid::from_raw(*g))
         .collect();
-    rustix::thread::set_thread_groups(&groups).map_err(fail_errno("setgroups"))?;
+    match rustix::thread::set_thread_groups(&groups) {
+        Ok(()) => {}
+        // A user namespace that maps only its user denies setgroups: the supplementary
+        // groups stay the user's own (unmapped, shown as nobody), none of the image's.
+        Err(rustix::io::Errno::PERM) if setgroups_denied() => {}
+        Err(e) => return Err(fail_errno("setgroups")(e)),
+    }
     let gid = rustix::process::Gid::from_raw(who.gid);
     let uid = rustix::process::Uid::from_raw(who.uid);
-    rustix::thread::set_thread_res_gid(gid, gid, gid).map_err(fail_errno("setgid"))?;
-    rustix::thread::set_thread_res_uid(uid, uid, uid).map_err(fail_errno("setuid"))?;
+    rustix::thread::set_thread_res_gid(gid, gid, gid).map_err(unmapped("gid", who.gid))?;
+    rustix::thread::set_thread_res_uid(uid, uid, uid).map_err(unmapped("uid", who.uid))?;
     let (effective, permitted, inheritable) = if who.uid == 0 {
         (
             spec::cap_mask(&p.capabilities.effective),
@@ -493,6 +567,29 @@ fn drop_privileges(p: &Process, who: &ExecUser) -> Result<(), Fail> {
         rustix::thread::set_no_new_privs(true).map_err(fail_errno("no_new_privs"))?;
     }
     Ok(())
+}
+
+/// Whether this process's user namespace denies `setgroups` (only its user mapped).
+fn setgroups_denied() -> bool {
+    std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny")
+}
+
+/// The error of setuid/setgid: an id the user namespace does not map gets a sentence.
+fn unmapped(kind: &'static str, id: u32) -> impl FnOnce(rustix::io::Errno) -> Fail {
+    move |e| {
+        if e == rustix::io::Errno::INVAL {
+            Fail {
+                code: EXIT_RUNTIME,
+                msg: format!(
+                    "set{kind} {id}: the {kind} is not mapped in the container's user namespace: \
+                     without root only the user is mapped (as 0) unless it has subordinate ids \
+                     in /etc/sub{kind} (newuidmap/newgidmap, Debian package uidmap)"
+                ),
+            }
+        } else {
+            fail_errno(format!("set{kind}"))(e)
+        }
+    }
 }
 
 fn cstrings(v: &[String]) -> Result<Vec<CString>, Fail> {

@@ -24,6 +24,7 @@ pub mod spec;
 pub mod store;
 pub mod tty;
 pub mod user;
+pub mod userns;
 pub mod volumes;
 
 /// Timestamps live in the leaf module `crate::time` (net needs them too).
@@ -87,6 +88,8 @@ pub enum RuntimeError {
     DuplicateMount(String),
     #[error("cgroups: {0}")]
     Cgroup(String),
+    #[error("the container's user namespace: {0}")]
+    UserNamespace(String),
     #[error("{0}")]
     Shim(String),
     /// The command could not be started: `code` is 126 (cannot execute), 127 (not found) or

@@ -21,12 +21,11 @@ use std::time::{Duration, Instant};
 use rustix::fs::{Mode, OFlags};
 use rustix::pipe::{PipeFlags, pipe_with};
 use rustix::process::{Pid, Signal};
-use rustix::thread::{LinkNameSpaceType, UnshareFlags};
 use tracing::{info, info_span, warn};
 
 use super::init::{self, Child, ChildIo, EXIT_RUNTIME, Fail, Msg};
 use super::store::{self, Container, Containers, LOG_FILE, ROOTFS_DIR, RW_DIR, SHIM_LOCK, Status};
-use super::{RuntimeError, cgroups, logs, tty};
+use super::{RuntimeError, cgroups, logs, tty, userns};
 use crate::fs;
 use crate::image::ImageStore;
 use crate::sys;
@@ -300,8 +299,6 @@ fn fail_rt(e: impl std::fmt::Display) -> Fail {
 /// Forks the init, serves its rootfs, and returns once it has exec'd the command.
 fn launch(root: &Path, c: &Container) -> Result<Running, Fail> {
     let _s = info_span!("launch").entered();
-    let fuse = rustix::fs::open("/dev/fuse", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
-        .map_err(fail_errno("opening /dev/fuse"))?;
     let (sync_r, sync_w) = pipe_with(PipeFlags::CLOEXEC).map_err(fail_errno("pipe"))?;
     let (go_r, go_w) = pipe_with(PipeFlags::CLOEXEC).map_err(fail_errno("pipe"))?;
     let (out_r, out_w) = pipe_with(PipeFlags::CLOEXEC).map_err(fail_errno("pipe"))?;
@@ -318,29 +315,42 @@ fn launch(root: &Path, c: &Container) -> Result<Running, Fail> {
         rustix::fs::open("/dev/null", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
             .map_err(fail_errno("opening /dev/null"))?
     };
-    let own_pidns = rustix::fs::open(
-        "/proc/self/ns/pid",
-        OFlags::RDONLY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(fail_errno("opening /proc/self/ns/pid"))?;
+    // The init opens /dev/fuse itself (the kernel mounts a FUSE connection only in the user
+    // namespace that opened it) and hands it over on this socket.
+    let (fuse_parent, fuse_child) = tty::console_pair().map_err(fail_io("socketpair"))?;
     let rootfs = c.dir.join(ROOTFS_DIR);
+    // Without root, the init gets a user namespace of its own first, which owns its other
+    // namespaces; its ids are mapped below, before it goes on.
+    let rootless = crate::paths::Mode::current() == crate::paths::Mode::Rootless;
+    let mut id_maps = rootless.then(userns::IdMaps::of_current_user);
+    // On a user network without root, the container shares the user namespace of the user's
+    // network namespace (a veth joins only namespaces of one owner): the shim joins it now,
+    // for good, and the init is created in it.
+    let user_network = c.meta.net.bridged() && c.meta.net.mode != crate::net::DEFAULT_NETWORK;
+    if let Some(maps) = id_maps.as_ref().filter(|_| user_network) {
+        let write = |pid: i32| maps.write(pid).map_err(|e| e.to_string());
+        let userns = crate::net::rootless::enter(&c.id, &c.dir, &write).map_err(fail_rt)?;
+        if let Err(e) = crate::net::rootless::join(&userns) {
+            crate::net::detach(&c.id, &c.dir);
+            return Err(fail_rt(e));
+        }
+        id_maps = None;
+    }
+    let flags = init::namespaces(&c.spec, id_maps.is_some());
 
-    // The next child is PID 1 of a new pid namespace. Until the shim moves back below, it
-    // cannot start threads, and it must not have any when it forks.
-    csys::unshare_namespaces(UnshareFlags::NEWPID).map_err(fail_io("unshare(CLONE_NEWPID)"))?;
-    let forked = csys::fork();
-    let pid = match forked {
+    // The child is PID 1 of a new pid namespace, in all its namespaces from the start.
+    let pid = match csys::fork_into(flags) {
         Ok(Fork::Child) => {
             drop(sync_r);
             drop(go_w);
             drop(out_r);
             drop(err_r);
             drop(console_parent);
+            drop(fuse_parent);
             init::child_main(Child {
                 spec: &c.spec,
                 rootfs: &rootfs,
-                fuse: &fuse,
+                fuse_to_shim: fuse_child,
                 to_shim: sync_w,
                 from_shim: go_r,
                 io: ChildIo {
@@ -352,20 +362,16 @@ fn launch(root: &Path, c: &Container) -> Result<Running, Fail> {
             })
         }
         Ok(Fork::Parent(pid)) => pid,
-        Err(e) => {
-            let _ = rustix::thread::move_into_link_name_space(
-                own_pidns.as_fd(),
-                Some(LinkNameSpaceType::ProcessID),
-            );
-            return Err(fail_io("fork")(e));
+        Err(e) if id_maps.is_some() && e.raw_os_error() == Some(libc::EPERM) => {
+            return Err(fail_rt(format!(
+                "cannot create a user namespace ({e}): this host does not let ordinary users \
+                 make one (see sysctl kernel.unprivileged_userns_clone and \
+                 user.max_user_namespaces)"
+            )));
         }
+        Err(e) => return Err(fail_io("clone")(e)),
     };
-    rustix::thread::move_into_link_name_space(
-        own_pidns.as_fd(),
-        Some(LinkNameSpaceType::ProcessID),
-    )
-    .map_err(fail_errno("returning to the shim's pid namespace"))?;
-    drop((sync_w, go_r, out_w, err_w, stdin, console_child));
+    drop((sync_w, go_r, out_w, err_w, stdin, console_child, fuse_child));
     let mut guard = ChildGuard {
         pid,
         cgroups: vec![],
@@ -375,11 +381,21 @@ fn launch(root: &Path, c: &Container) -> Result<Running, Fail> {
         armed: true,
     };
 
-    guard.cgroups = cgroups::create(&c.id, &c.spec.linux.resources).map_err(fail_rt)?;
-    if let Some(dir) = cgroups::create_devices(&c.id, &c.spec.linux.devices).map_err(fail_rt)? {
-        guard.cgroups.push(dir);
+    if let Some(maps) = &id_maps {
+        maps.write(pid).map_err(fail_rt)?;
     }
-    cgroups::add(&guard.cgroups, pid).map_err(fail_rt)?;
+    init::send_byte(go_w.as_fd(), b'U').map_err(fail_io("releasing the container's init"))?;
+    // The network namespace exists: pasta (without root) starts now and gets ready while
+    // the rootfs opens; a bridge is wired below.
+    let member = crate::net::Member {
+        id: &c.id,
+        name: &c.meta.name,
+        hostname: &c.spec.hostname,
+        dir: &c.dir,
+        net: &c.meta.net,
+    };
+    guard.net_dir = Some(c.dir.clone());
+    let attaching = crate::net::start_attach(root, &member, pid).map_err(fail_rt)?;
 
     let filesystem = {
         let _s = info_span!("open_rootfs", layers = c.meta.layers.len()).entered();
@@ -396,16 +412,22 @@ fn launch(root: &Path, c: &Container) -> Result<Running, Fail> {
             ));
         }
     }
-    // The init has its network namespace now and waits for `G`: wire it.
-    let member = crate::net::Member {
-        id: &c.id,
-        name: &c.meta.name,
-        hostname: &c.spec.hostname,
-        dir: &c.dir,
-        net: &c.meta.net,
-    };
-    guard.net_dir = Some(c.dir.clone());
-    crate::net::attach(root, &member, pid).map_err(fail_rt)?;
+    let fuse = tty::recv_fd(fuse_parent.as_fd())
+        .map_err(fail_io("receiving the rootfs's FUSE connection"))?
+        .ok_or_else(|| fail_rt("the container's init sent no FUSE connection"))?;
+    // The init has opened /dev/fuse (which the device rule does not allow): its cgroups now,
+    // before it goes on to run anything of the image's.
+    guard.cgroups = cgroups::create(&c.id, &c.spec.linux.resources).map_err(fail_rt)?;
+    // The v1 device rule is root's to write; without root the nodev mounts alone keep device
+    // nodes shut (and a user namespace cannot open the host's devices anyway).
+    if !rootless
+        && let Some(dir) = cgroups::create_devices(&c.id, &c.spec.linux.devices).map_err(fail_rt)?
+    {
+        guard.cgroups.push(dir);
+    }
+    cgroups::add(&guard.cgroups, pid).map_err(fail_rt)?;
+    // The init waits for `G`: its network now.
+    attaching.finish(&member).map_err(fail_rt)?;
     let config = fs::read_write_config("strata", FUSE_THREADS);
     let session = {
         let _s = info_span!("fuse_init").entered();

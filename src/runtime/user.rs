@@ -53,6 +53,13 @@ fn group_entries(text: &str) -> impl Iterator<Item = GroupEntry<'_>> {
     })
 }
 
+/// The login name of `uid` in a passwd file's text (the host's, for subordinate ids).
+pub fn name_of(uid: u32, passwd: &str) -> Option<String> {
+    passwd_entries(passwd)
+        .find(|e| e.uid == uid)
+        .map(|e| e.name.to_string())
+}
+
 /// Resolves `spec` (`user`, `uid`, `user:group`, `uid:gid`, ...). `passwd` and `group` are
 /// the files' contents (`None` when missing).
 pub fn resolve(spec: &str, passwd: Option<&str>, group: Option<&str>) -> Result<ExecUser, String> {

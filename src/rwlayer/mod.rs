@@ -231,12 +231,9 @@ impl RwLayer {
         }
         let marker = dir.join(MARKER);
         let fresh = !marker.exists();
-        if fresh
-            && std::fs::read_dir(dir)
-                .map_err(io_err(dir))?
-                .next()
-                .is_some()
-        {
+        // Without the marker only what a creation killed half-way leaves may be there: the
+        // lock file, an empty `data/`, the marker's temporary file. Anything else is not ours.
+        if fresh && !only_creation_debris(dir).map_err(io_err(dir))? {
             return Err(RwError::Foreign(dir.to_path_buf()));
         }
         let lock_path = dir.join("lock");
@@ -403,6 +400,26 @@ impl RwLayer {
     }
 }
 
+/// Whether `dir` holds nothing but what [`RwLayer::open`] makes before the marker.
+fn only_creation_debris(dir: &Path) -> io::Result<bool> {
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let name = e.file_name();
+        let ok = match name.to_str() {
+            Some("lock") => e.file_type()?.is_file(),
+            Some("data") => {
+                e.file_type()?.is_dir() && std::fs::read_dir(e.path())?.next().is_none()
+            }
+            Some(n) => n == format!("{MARKER}.tmp"),
+            None => false,
+        };
+        if !ok {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -447,6 +464,25 @@ mod tests {
         assert_eq!(got.dirs[&1][&b"name"[..]], FIRST_UPPER_INO);
         assert_eq!(got.chunks[&7], vec![1, 2]);
         assert_eq!(got.next_ino, FIRST_UPPER_INO + 1);
+    }
+
+    #[test]
+    fn a_creation_killed_before_the_marker_is_finished_next_time() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("l");
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        std::fs::write(dir.join("lock"), b"4242").unwrap();
+        std::fs::write(dir.join(format!("{MARKER}.tmp")), b"format 2\n").unwrap();
+        drop(RwLayer::open(&dir, "c").unwrap());
+        assert!(dir.join(MARKER).exists());
+        // A file in data/ is somebody's data: not debris.
+        let other = tmp.path().join("o");
+        std::fs::create_dir_all(other.join("data")).unwrap();
+        std::fs::write(other.join("data/7"), b"x").unwrap();
+        assert!(matches!(
+            RwLayer::open(&other, "c"),
+            Err(RwError::Foreign(_))
+        ));
     }
 
     #[test]

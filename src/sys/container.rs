@@ -39,6 +39,50 @@ pub fn fork() -> io::Result<Fork> {
     }
 }
 
+/// `fork(2)` into new namespaces: `clone(2)` with fork semantics (no new stack, `SIGCHLD` to
+/// the parent) and the namespace flags of `flags`. The child is the first process of every
+/// namespace asked for; with `NEWUSER` it gets the other namespaces owned by its new user
+/// namespace, which is how an ordinary user may make a pid namespace at all. Refused, like
+/// [`fork`], unless this process has exactly one thread.
+pub fn fork_into(flags: rustix::thread::UnshareFlags) -> io::Result<Fork> {
+    use rustix::thread::UnshareFlags as U;
+    let namespaces =
+        U::NEWNS | U::NEWUTS | U::NEWIPC | U::NEWNET | U::NEWPID | U::NEWCGROUP | U::NEWUSER;
+    if !namespaces.contains(flags) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "only namespace flags may be given to fork_into",
+        ));
+    }
+    let n = thread_count()?;
+    if n != 1 {
+        return Err(io::Error::other(format!(
+            "refusing to fork a process with {n} threads"
+        )));
+    }
+    let clone_flags = u64::from(flags.bits()) | libc::SIGCHLD as u64;
+    // SAFETY: clone with a null stack and no CLONE_VM/CLONE_SETTLS/CLONE_*TID flags (only
+    // namespace flags, checked above) behaves as fork: the child runs on a copy of this
+    // address space. The process is single-threaded (checked above), so the child gets a
+    // consistent copy of every lock and of the allocator. The unused pointer arguments are
+    // null.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            clone_flags,
+            std::ptr::null_mut::<libc::c_void>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            0u64,
+        )
+    };
+    match pid {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Fork::Child),
+        p => Ok(Fork::Parent(p as i32)),
+    }
+}
+
 /// Ends the calling process at once: no destructors, no atexit handlers, no stdio flush (a
 /// forked child must not flush or drop what its parent owns).
 pub fn exit_now(code: i32) -> ! {

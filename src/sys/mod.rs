@@ -136,6 +136,21 @@ pub fn process_start_time(pid: i32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Whether the process `pid` that started at `start` (see [`process_start_time`]) still
+/// runs: a zombie, which waits for its parent to reap it, runs no more.
+pub fn process_runs(pid: i32, start: u64) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return false;
+    };
+    let mut f = rest.split_whitespace();
+    let state = f.next();
+    let started = f.nth(18).and_then(|s| s.parse::<u64>().ok());
+    started == Some(start) && !matches!(state, Some("Z" | "X" | "x"))
+}
+
 /// Restores the default action of SIGPIPE (the Rust runtime ignores it), so a command whose
 /// output pipe closes ends like any Unix tool. Call before any thread exists.
 pub fn default_sigpipe() {
@@ -234,5 +249,29 @@ mod tests {
     #[test]
     fn finds_the_root_mount() {
         assert!(mount_at(Path::new("/")).is_some());
+    }
+
+    #[test]
+    fn a_zombie_runs_no_more() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        let start = process_start_time(pid).unwrap();
+        // Exited but not reaped: a zombie, bounded wait for it to get there.
+        for _ in 0..500 {
+            if !process_runs(pid, start) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        assert!(!process_runs(pid, start));
+        assert!(
+            process_start_time(pid).is_some(),
+            "still in /proc until reaped"
+        );
+        child.wait().unwrap();
+        assert!(process_runs(
+            std::process::id() as i32,
+            process_start_time(std::process::id() as i32).unwrap()
+        ));
     }
 }

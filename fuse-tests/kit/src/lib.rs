@@ -12,7 +12,8 @@
 //! - `overlay`: kernel overlayfs from GNU-tar-extracted layers (the oracle);
 //! - `snapshot`: one [`Snapshot`] of a mounted tree, and [`assert_same_tree`];
 //! - `backend`: the two writable backends (kernel overlayfs, strata) of `fuse-tests/rw_ops`;
-//! - `posix`: syscall helpers of the writable-mount scenarios;
+//! - `posix`: syscall helpers of the writable-mount scenarios; `probe`: HTTP GETs and bounded
+//!   retries against what containers serve;
 //! - `rng`, `stratabin`, `tools`: what the testers share (seeded randomness, strata state roots
 //!   and writable mounts, the tools' start-up);
 //! - `difftest`, `crashtest`: the engines of the differential tester and the crash test.
@@ -26,6 +27,7 @@ pub mod mounts;
 pub mod overlay;
 pub mod paths;
 pub mod posix;
+pub mod probe;
 pub mod rng;
 pub mod root;
 pub mod rootless;
@@ -40,6 +42,7 @@ pub use paths::{
     SAMPLE_IMAGE, layer_tars, repo, sample_image, sample_layers, strata_bin, target_tmp,
     try_sample_image,
 };
+pub use probe::{eventually, http_get, udp_socket_in};
 pub use rng::{Rng, fill};
 pub use root::{ContainerRoot, DEADLINE};
 pub use snapshot::{Snapshot, assert_same_tree};

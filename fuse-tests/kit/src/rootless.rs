@@ -2,10 +2,10 @@
 //!
 //! [`RootlessUser::get`] makes (once, idempotently, under a host-wide lock) the unprivileged
 //! user `strata-rootless` with a home and subordinate id ranges in `/etc/subuid` and
-//! `/etc/subgid`, and makes `/dev/fuse` usable by all users. [`UserSession`] is a fresh HOME
+//! `/etc/subgid`, and makes `/dev/fuse` and `/dev/net/tun` usable by all users. [`UserSession`] is a fresh HOME
 //! for one test: commands run as that user (`setpriv`, no capabilities left) with HOME and
-//! the XDG variables set, and on drop every mount under that HOME is detached and the HOME
-//! removed, also when the test failed.
+//! the XDG variables set, and on drop the user's containers are removed, every mount under
+//! that HOME is detached and the HOME removed, also when the test failed.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -17,6 +17,9 @@ use crate::{Out, output_within, strata_bin};
 
 /// The unprivileged user the rootless tests run as.
 pub const USER: &str = "strata-rootless";
+/// A second unprivileged user without subordinate ids (a system user: `useradd` gives those
+/// none), for the fallback that maps the user alone.
+pub const USER_WITHOUT_SUBIDS: &str = "strata-nosubids";
 /// Every command a test runs as the user must end within this.
 pub const USER_DEADLINE: Duration = Duration::from_secs(60);
 /// The PATH of the user's commands.
@@ -24,6 +27,7 @@ const PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin";
 
 #[derive(Debug, Clone, Copy)]
 pub struct RootlessUser {
+    pub name: &'static str,
     pub uid: u32,
     pub gid: u32,
 }
@@ -76,6 +80,52 @@ impl RootlessUser {
             .unwrap_or_else(|e| panic!("setting up the user {USER}: {e}"))
     }
 
+    /// The second test user, [`USER_WITHOUT_SUBIDS`], created when missing; the devices are
+    /// opened up as for [`RootlessUser::get`].
+    pub fn without_subids() -> RootlessUser {
+        static ONCE: OnceLock<Result<RootlessUser, String>> = OnceLock::new();
+        ONCE.get_or_init(|| {
+            Self::set_up()?;
+            let _lock = strata::sys::lock_file(Path::new("/tmp/strata-rootless-user.lock"))
+                .map_err(|e| format!("locking: {e}"))?;
+            let name = USER_WITHOUT_SUBIDS;
+            if sh(Command::new("id").args(["-u", name])).is_err() {
+                sh(Command::new("useradd").args([
+                    "--system",
+                    "--create-home",
+                    "--shell",
+                    "/bin/sh",
+                    "--comment",
+                    "strata rootless tests, no subordinate ids",
+                    name,
+                ]))?;
+            }
+            for file in ["/etc/subuid", "/etc/subgid"] {
+                let text = std::fs::read_to_string(file).unwrap_or_default();
+                if text.lines().any(|l| l.starts_with(&format!("{name}:"))) {
+                    return Err(format!("{file} gives {name} subordinate ids"));
+                }
+            }
+            Self::lookup(name)
+        })
+        .clone()
+        .unwrap_or_else(|e| panic!("setting up the user {USER_WITHOUT_SUBIDS}: {e}"))
+    }
+
+    fn lookup(name: &'static str) -> Result<RootlessUser, String> {
+        let num = |flag: &str| -> Result<u32, String> {
+            sh(Command::new("id").args([flag, name]))?
+                .trim()
+                .parse()
+                .map_err(|e| format!("id {flag} {name}: {e}"))
+        };
+        Ok(RootlessUser {
+            name,
+            uid: num("-u")?,
+            gid: num("-g")?,
+        })
+    }
+
     fn set_up() -> Result<RootlessUser, String> {
         // Several test processes may get here at once.
         let _lock = strata::sys::lock_file(Path::new("/tmp/strata-rootless-user.lock"))
@@ -96,21 +146,15 @@ impl RootlessUser {
         // Desktop distributions ship /dev/fuse 0666; minimal systems and CI machines 0600,
         // which leaves FUSE to root. Give it the desktop mode (only widening 0600, nothing
         // else), as a user's machine has it.
-        let fuse = std::fs::metadata("/dev/fuse").map_err(|e| format!("/dev/fuse: {e}"))?;
-        if fuse.mode() & 0o777 == 0o600 {
-            std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(0o666))
-                .map_err(|e| format!("chmod 0666 /dev/fuse: {e}"))?;
+        // The same for /dev/net/tun, which pasta (rootless networking) opens.
+        for dev in ["/dev/fuse", "/dev/net/tun"] {
+            let meta = std::fs::metadata(dev).map_err(|e| format!("{dev}: {e}"))?;
+            if meta.mode() & 0o777 == 0o600 {
+                std::fs::set_permissions(dev, std::fs::Permissions::from_mode(0o666))
+                    .map_err(|e| format!("chmod 0666 {dev}: {e}"))?;
+            }
         }
-        let num = |flag: &str| -> Result<u32, String> {
-            sh(Command::new("id").args([flag, USER]))?
-                .trim()
-                .parse()
-                .map_err(|e| format!("id {flag} {USER}: {e}"))
-        };
-        Ok(RootlessUser {
-            uid: num("-u")?,
-            gid: num("-g")?,
-        })
+        Self::lookup(USER)
     }
 }
 
@@ -124,7 +168,11 @@ pub struct UserSession {
 
 impl UserSession {
     pub fn new() -> UserSession {
-        let user = RootlessUser::get();
+        Self::new_as(RootlessUser::get())
+    }
+
+    /// A session of another test user (e.g. [`RootlessUser::without_subids`]).
+    pub fn new_as(user: RootlessUser) -> UserSession {
         let home = tempfile::Builder::new()
             .prefix("strata-rootless-home-")
             .tempdir_in("/tmp")
@@ -209,7 +257,7 @@ impl UserSession {
                 self.path("run").display().to_string(),
             ),
             ("PATH".into(), PATH.into()),
-            ("USER".into(), USER.into()),
+            ("USER".into(), self.user.name.into()),
             ("LC_ALL".into(), "C".into()),
             ("RUST_LOG".into(), "strata=warn".into()),
         ]
@@ -254,7 +302,7 @@ impl UserSession {
     /// `strata ARGS` as the user; panics with its output unless it exits 0.
     pub fn strata_ok(&self, args: &[&str]) -> String {
         let o = self.strata(args);
-        assert_eq!(o.code, 0, "strata {args:?} as {USER}: {o:?}");
+        assert_eq!(o.code, 0, "strata {args:?} as {}: {o:?}", self.user.name);
         o.out
     }
 
@@ -291,6 +339,16 @@ impl Default for UserSession {
 
 impl Drop for UserSession {
     fn drop(&mut self) {
+        // The user's containers first (their shims and pasta processes), as the user would.
+        if self.state_root().join("containers").is_dir() {
+            let ids = self.strata(&["ps", "-a", "-q"]);
+            let ids: Vec<&str> = ids.out.split_whitespace().collect();
+            if !ids.is_empty() {
+                let mut args = vec!["rm", "-f"];
+                args.extend(ids);
+                let _ = self.strata(&args);
+            }
+        }
         // Root detaches whatever the test left mounted (the daemons then see their session
         // end and exit); bounded.
         for _ in 0..50 {

@@ -579,7 +579,8 @@ pub type Listing = Vec<(Box<[u8]>, u64, FileKind)>;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layer::{Entry, Kind, LayerIndex};
+    use crate::layer::LayerIndex;
+    use crate::layer::fixtures;
     use crate::rwlayer::CHUNK;
     use std::os::unix::fs::MetadataExt;
 
@@ -591,42 +592,18 @@ mod tests {
         (0..len).map(|i| (i % 251) as u8 + 1).collect()
     }
 
-    fn entry(path: &str, kind: Kind) -> Entry {
-        Entry {
-            path: path.into(),
-            kind,
-            mode: 0o755,
-            uid: 0,
-            gid: 0,
-            mtime: 1,
-            mtime_nsec: 0,
-            xattrs: vec![],
-        }
-    }
-
     /// A lower layer with `d/big` (1 MiB of a pattern) and an empty `d/sub/`, and a view over
     /// it whose writable layer is `dir/layer`.
     fn view(dir: &std::path::Path) -> View {
         let data = dir.join("lower");
         std::fs::create_dir_all(&data).unwrap();
         std::fs::write(data.join("0"), pattern(BIG)).unwrap();
-        let dirk = || Kind::Dir {
-            opaque: false,
-            implicit: false,
-        };
         let index = LayerIndex {
             entries: vec![
-                entry("", dirk()),
-                entry("d", dirk()),
-                entry(
-                    "d/big",
-                    Kind::File {
-                        size: BIG,
-                        file: 0,
-                        nlink: 1,
-                    },
-                ),
-                entry("d/sub", dirk()),
+                fixtures::dir(""),
+                fixtures::dir("d"),
+                fixtures::file("d/big", BIG, 0),
+                fixtures::dir("d/sub"),
             ],
             files: 1,
         };
