@@ -1,8 +1,9 @@
 //! The module order of DESIGN.md, kept by a test: an import only ever points down
 //! `sys`, `digest`, `time` → `layer`, `rwlayer` → `image`, `fs` → `net` → `runtime` → `diff`
-//! → `cli`. Reads every file under `src/` and fails on a `crate::` path (also inside
-//! `use crate::{…}` groups, and `super::` chains that climb to the crate root) that names a
-//! module of the same tier or a higher one. A new top-level module must be given a tier here.
+//! → `snapshotter` → `cli`. Reads every file under `src/` and fails on a `crate::` path (also
+//! inside `use crate::{…}` groups, and `super::` chains that climb to the crate root) that
+//! names a module of the same tier or a higher one. A new top-level module must be given a
+//! tier here.
 
 use std::path::{Path, PathBuf};
 
@@ -14,6 +15,7 @@ const ORDER: &[&[&str]] = &[
     &["net"],
     &["runtime"],
     &["diff"],
+    &["snapshotter"],
     &["cli"],
 ];
 

@@ -15,7 +15,9 @@
 //!   view);
 //! - `net` (bridges, veth pairs, addresses, published ports, `/etc/hosts`);
 //! - `runtime` (containers: records, the shim, namespaces, mounts, exec, logs);
-//! - `diff` (a container's changes, commit and export; per-layer and image-to-image reports).
+//! - `diff` (a container's changes, commit and export; per-layer and image-to-image reports);
+//! - `snapshotter` (containerd's snapshots API over gRPC: snapshots as writable layers,
+//!   merged views and strata layers, served by one process).
 //!
 //! The design these follow is the team's design document (outside this repository); the
 //! README describes what is built.
@@ -32,5 +34,6 @@ pub mod net;
 pub mod paths;
 pub mod runtime;
 pub mod rwlayer;
+pub mod snapshotter;
 pub mod sys;
 pub mod time;

@@ -6,7 +6,7 @@
 mod cli;
 
 // The library's modules at the binary's root, so the CLI names them as `crate::image`, ….
-use strata::{diff, digest, fs, image, net, paths, runtime, sys};
+use strata::{diff, digest, fs, image, net, paths, runtime, snapshotter, sys};
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;

@@ -82,6 +82,7 @@ fn every_subcommand_reports_a_bad_argument_as_strata_error_125() {
     let root = tmp.path().join("root");
     let out = tmp.path().join("out.tar").display().to_string();
     let missing = tmp.path().join("missing").display().to_string();
+    let tmp_dir = tmp.path().display().to_string();
     // A bad argument per command (what a user mistypes: a name that does not exist, a path
     // that is not there, an invalid name); commands without arguments get only the bad flag.
     let bad: BTreeMap<&str, Vec<&str>> = [
@@ -117,6 +118,8 @@ fn every_subcommand_reports_a_bad_argument_as_strata_error_125() {
         ("network rm", vec!["nosuch"]),
         ("port", vec!["nosuch"]),
         ("completion", vec!["nosuch-shell"]),
+        // An address that exists and is not a socket (refused before anything is made).
+        ("snapshotter", vec!["--address", tmp_dir.as_str()]),
     ]
     .into_iter()
     .collect();

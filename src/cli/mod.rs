@@ -12,6 +12,7 @@ mod images;
 mod info;
 mod mount;
 mod network;
+mod snapshotter;
 
 use std::path::PathBuf;
 
@@ -119,6 +120,9 @@ pub enum Command {
         /// Only this container port (`80` or `80/udp`).
         port: Option<String>,
     },
+    /// Serve containerd's snapshots API on a unix socket (a containerd proxy plugin), so
+    /// containerd and Kubernetes run containers on strata's file systems.
+    Snapshotter(snapshotter::SnapshotterArgs),
     /// Show where strata keeps its state and what this user can do: root or rootless mode,
     /// the state root, /dev/fuse, fusermount3, allow_other, passthrough.
     Info {
@@ -193,7 +197,7 @@ impl Command {
     /// The long-running internal processes (mount daemon, container shim).
     fn is_daemon(&self) -> bool {
         match self {
-            Command::ServeMount(_) => true,
+            Command::ServeMount(_) | Command::Snapshotter(_) => true,
             Command::Containers(c) => matches!(**c, containers::ContainerCommand::Shim(_)),
             _ => false,
         }
@@ -288,6 +292,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Containers(cmd) => containers::dispatch(&root, *cmd),
         Command::Network(cmd) => network::dispatch(&root, cmd),
         Command::Port { container, port } => network::port(&root, &container, port.as_deref()),
+        Command::Snapshotter(args) => snapshotter::run(&root, args),
         Command::Info { json } => info::show(&root, given, json),
         Command::Completion { shell } => {
             let mut cmd = Cli::command();

@@ -701,7 +701,7 @@ impl ImageStore {
                 let users: Vec<String> = self
                     .users_locked(true)?
                     .into_iter()
-                    .filter(|h| h.image == id)
+                    .filter(|h| h.image.as_ref() == Some(&id))
                     .map(|h| h.user.to_string())
                     .collect();
                 if !users.is_empty() && !force {

@@ -6,7 +6,8 @@
 //! - a live `strata mount`, read-only or `--rw`, while the process that serves it lives;
 //! - a writable layer on disk (`mount --rw --layer DIR`), while `DIR` holds a writable layer
 //!   made for those layers (it is useless without them);
-//! - later, the snapshotter's snapshots, in the same way.
+//! - a snapshot of `strata snapshotter` (containerd's), while its directory exists: it holds
+//!   its lower chain (and, committed, its own layer), which no image record lists.
 //!
 //! `rmi` refuses to delete an image that a user holds, and names the users; `rmi -f` untags
 //! it and deletes its record, but its layers stay until the last user is gone. Collection runs
@@ -49,6 +50,8 @@ pub enum User {
     /// A writable layer directory: alive while it holds a writable layer of lower chain
     /// `chain` (deleted, or remade for another image, it needs these layers no more).
     WritableLayer { dir: PathBuf, chain: String },
+    /// A snapshot of `strata snapshotter`: alive while its directory `dir` exists.
+    Snapshot { key: String, dir: PathBuf },
 }
 
 impl User {
@@ -69,6 +72,7 @@ impl User {
             User::Mount { mountpoint, .. } => format!("mount-{}", hash(mountpoint)),
             User::Container { id, .. } => format!("container-{id}"),
             User::WritableLayer { dir, .. } => format!("layer-{}", hash(dir)),
+            User::Snapshot { dir, .. } => format!("snapshot-{}", hash(dir)),
         }
     }
 
@@ -82,6 +86,7 @@ impl User {
             User::WritableLayer { dir, chain } => {
                 crate::rwlayer::lower_chain(dir).as_deref() == Some(chain.as_str())
             }
+            User::Snapshot { dir, .. } => dir.is_dir(),
         }
     }
 }
@@ -96,6 +101,7 @@ impl fmt::Display for User {
                 write!(f, "container {name} ({})", &id[..id.len().min(12)])
             }
             User::WritableLayer { dir, .. } => write!(f, "writable layer {}", dir.display()),
+            User::Snapshot { key, .. } => write!(f, "containerd snapshot {key}"),
         }
     }
 }
@@ -104,8 +110,10 @@ impl fmt::Display for User {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hold {
     pub user: User,
-    /// The image it was made from (whose `rmi` it blocks).
-    pub image: Digest,
+    /// The image it was made from (whose `rmi` it blocks); none for a snapshot, whose layers
+    /// belong to no image record.
+    #[serde(default)]
+    pub image: Option<Digest>,
     /// The layers it needs, bottom → top.
     pub layers: Vec<Digest>,
 }
@@ -123,17 +131,32 @@ impl ImageStore {
         if !self.image_dir(&image.id).join(RECORD_FILE).is_file() {
             return Err(ImageError::NotFound(image.id.to_string()));
         }
-        let hold = Hold {
+        self.write_hold(Hold {
             user,
-            image: image.id.clone(),
+            image: Some(image.id.clone()),
             layers: image.layers.clone(),
-        };
+        })
+    }
+
+    /// Records that `user` uses `layers`, which belong to no image record (a snapshot's). The
+    /// caller makes sure they cannot be collected before this returns: they are in use by a
+    /// recorded user already, or the caller holds their layer locks.
+    pub fn hold_layers(&self, user: User, layers: Vec<Digest>) -> Result<Hold, ImageError> {
+        let _g = self.lock_meta()?;
+        self.write_hold(Hold {
+            user,
+            image: None,
+            layers,
+        })
+    }
+
+    fn write_hold(&self, hold: Hold) -> Result<Hold, ImageError> {
         let dir = self.users_dir();
         std::fs::create_dir_all(&dir).map_err(|e| ImageError::io(&dir, e))?;
         let bytes = serde_json::to_vec_pretty(&hold)
             .map_err(|e| ImageError::Store(format!("cannot encode a layer user: {e}")))?;
         write_atomic(&dir.join(format!("{}.json", hold.user.key())), &bytes)?;
-        tracing::debug!(user = %hold.user, image = %hold.image, "layer user recorded");
+        tracing::debug!(user = %hold.user, image = ?hold.image, "layer user recorded");
         Ok(hold)
     }
 

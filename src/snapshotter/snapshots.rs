@@ -1,0 +1,589 @@
+//! The snapshotter's core: containerd's snapshot operations on records, writable layers, the
+//! layer store and FUSE mounts, synchronously. One lock over the records and the live mounts
+//! serialises the operations (containerd's unpack is sequential per layer anyway).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufWriter, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use tracing::{info, info_span, warn};
+
+use super::SnapshotError;
+use super::filter::Filters;
+use super::live::{self, Live};
+use super::record::{self, INFO_FILE, Kind, Record};
+use crate::fs;
+use crate::image::{ImageStore, User};
+
+/// The writable layer's directory inside an active snapshot's directory.
+const RW_DIR: &str = "rw";
+/// The label with which containerd's unpacker names the committed snapshot it is making.
+pub const SNAPSHOT_REF: &str = "containerd.io/snapshot.ref";
+
+/// What containerd mounts for a snapshot: a bind of the FUSE mount point.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BindMount {
+    pub source: PathBuf,
+    pub read_only: bool,
+}
+
+/// Resources a snapshot uses itself (not its parents').
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub size: i64,
+    pub inodes: i64,
+}
+
+struct State {
+    records: HashMap<String, Record>,
+    live: HashMap<String, Live>,
+}
+
+/// The snapshotter of one state root.
+pub struct Snapshotter {
+    store: ImageStore,
+    snapshots: PathBuf,
+    trash: PathBuf,
+    tmp: PathBuf,
+    mounts: PathBuf,
+    state: Mutex<State>,
+    /// Held for the process's life: one snapshotter per state root.
+    _lock: File,
+}
+
+fn now() -> SystemTime {
+    SystemTime::now()
+}
+
+fn not_found(key: &str) -> SnapshotError {
+    SnapshotError::NotFound(key.to_string())
+}
+
+/// Bytes allocated to, and the number of, the files under `dir`.
+fn disk_usage(dir: &Path) -> (i64, i64) {
+    use std::os::unix::fs::MetadataExt;
+    let (mut size, mut files) = (0i64, 0i64);
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Ok(m) = e.path().symlink_metadata() else {
+                continue;
+            };
+            files += 1;
+            size += (m.blocks() * 512) as i64;
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    (size, files)
+}
+
+impl Snapshotter {
+    /// Opens the snapshotter of the state root `root`, with its mount points under `mounts`
+    /// (outside the state root). Refused while another snapshotter serves this root. Mounts
+    /// that a killed snapshotter left behind are detached; snapshots are mounted again when
+    /// containerd asks for their mounts.
+    pub fn open(root: &Path, mounts: &Path) -> Result<Self, SnapshotError> {
+        let _s = info_span!("snapshotter_open", root = %root.display()).entered();
+        let store = ImageStore::open(root)?;
+        let dir = root.join("snapshotter");
+        let snapshots = dir.join("snapshots");
+        let trash = dir.join("trash");
+        let tmp = dir.join("tmp");
+        for d in [&snapshots, &trash, &tmp, &mounts.to_path_buf()] {
+            std::fs::create_dir_all(d).map_err(SnapshotError::io(d))?;
+        }
+        let lock_path = dir.join("lock");
+        let lock = crate::sys::try_lock_file(&lock_path)
+            .map_err(SnapshotError::io(&lock_path))?
+            .ok_or_else(|| {
+                SnapshotError::FailedPrecondition(format!(
+                    "another strata snapshotter serves the state root {}",
+                    root.display()
+                ))
+            })?;
+        let canon = |p: &Path| std::fs::canonicalize(p).map_err(SnapshotError::io(p));
+        let (root_c, mounts_c) = (canon(root)?, canon(mounts)?);
+        if mounts_c.starts_with(&root_c) || root_c.starts_with(&mounts_c) {
+            return Err(SnapshotError::InvalidArgument(format!(
+                "the mounts directory {} must be outside the state root {} (a mount inside it could serve itself)",
+                mounts_c.display(),
+                root_c.display()
+            )));
+        }
+        let records = record::load_all(&snapshots)?
+            .into_iter()
+            .map(|(_, r)| (r.key.clone(), r))
+            .collect::<HashMap<_, _>>();
+        let s = Snapshotter {
+            store,
+            snapshots,
+            trash,
+            tmp,
+            mounts: mounts_c,
+            state: Mutex::new(State {
+                records,
+                live: HashMap::new(),
+            }),
+            _lock: lock,
+        };
+        s.clean_mounts(&s.lock());
+        s.empty_trash();
+        info!(snapshots = s.lock().records.len(), "snapshotter opened");
+        Ok(s)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn dir_of(&self, key: &str) -> PathBuf {
+        self.snapshots.join(Record::dir_name(key))
+    }
+
+    fn mountpoint_of(&self, key: &str) -> PathBuf {
+        self.mounts.join(Record::dir_name(key))
+    }
+
+    fn user_of(&self, key: &str) -> User {
+        User::Snapshot {
+            key: key.to_string(),
+            dir: self.dir_of(key),
+        }
+    }
+
+    fn bind(&self, r: &Record) -> BindMount {
+        BindMount {
+            source: self.mountpoint_of(&r.key),
+            read_only: r.kind == Kind::View,
+        }
+    }
+
+    /// Deletes a snapshot's directory (renamed into the trash, so a crash never leaves half a
+    /// snapshot under a valid name; the trash is emptied in the background) and forgets it as
+    /// a layer user.
+    fn delete_dir(&self, key: &str) -> Result<(), SnapshotError> {
+        let dir = self.dir_of(key);
+        if dir.exists() {
+            let nanos = now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos();
+            let to = self
+                .trash
+                .join(format!("{}-{nanos}", Record::dir_name(key)));
+            std::fs::rename(&dir, &to).map_err(SnapshotError::io(&dir))?;
+            record::sync_dir(&self.snapshots)?;
+            // Emptying the trash is off the caller's clock (a writable layer is a sled
+            // database and backing files); what a crash leaves there goes at the next start.
+            let spawned = std::thread::Builder::new()
+                .name("snapshot-trash".into())
+                .spawn(move || {
+                    if let Err(e) = std::fs::remove_dir_all(&to) {
+                        warn!(error = %e, dir = %to.display(), "emptying the trash");
+                    }
+                });
+            if let Err(e) = spawned {
+                warn!(error = %e, "no thread to empty the trash: it is emptied at the next start");
+            }
+        }
+        self.store.release(&self.user_of(key))?;
+        Ok(())
+    }
+
+    fn empty_trash(&self) {
+        if let Ok(rd) = std::fs::read_dir(&self.trash) {
+            for e in rd.flatten() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+
+    /// Detaches mounts under the mounts directory that no session of this process serves
+    /// (a killed snapshotter's), and removes their empty mount points.
+    fn clean_mounts(&self, st: &State) {
+        let Ok(rd) = std::fs::read_dir(&self.mounts) else {
+            return;
+        };
+        let live: Vec<&PathBuf> = st.live.values().map(|l| &l.mountpoint).collect();
+        for e in rd.flatten() {
+            let p = e.path();
+            if live.contains(&&p) {
+                continue;
+            }
+            if crate::sys::mount_at(&p).is_some() {
+                warn!(mountpoint = %p.display(), "detaching a stale snapshot mount");
+                if let Err(e) = fs::access::unmount(&p) {
+                    warn!(error = %e, "could not detach it");
+                    continue;
+                }
+            }
+            let _ = std::fs::remove_dir(&p);
+        }
+    }
+
+    fn mount(&self, r: &Record) -> Result<Live, SnapshotError> {
+        let mp = self.mountpoint_of(&r.key);
+        match r.kind {
+            Kind::Active => live::mount_active(
+                &self.store,
+                &r.layers,
+                &self.dir_of(&r.key).join(RW_DIR),
+                &mp,
+            ),
+            Kind::View => live::mount_view(&self.store, &r.layers, &mp),
+            Kind::Committed => Err(SnapshotError::FailedPrecondition(format!(
+                "snapshot {} is committed: it has no mounts",
+                r.key
+            ))),
+        }
+    }
+
+    /// `Prepare` (`Kind::Active`) and `View` (`Kind::View`): a new snapshot on `parent` (a
+    /// committed snapshot, or "" for none), mounted; its bind mount.
+    pub fn create(
+        &self,
+        kind: Kind,
+        key: &str,
+        parent: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<BindMount, SnapshotError> {
+        let _s = info_span!("create", kind = kind.name(), key, parent).entered();
+        if key.is_empty() {
+            return Err(SnapshotError::InvalidArgument(
+                "a snapshot key is needed".into(),
+            ));
+        }
+        if kind == Kind::Committed {
+            return Err(SnapshotError::InvalidArgument(
+                "snapshots are committed with Commit".into(),
+            ));
+        }
+        let mut st = self.lock();
+        if st.records.contains_key(key) {
+            return Err(SnapshotError::AlreadyExists(key.to_string()));
+        }
+        let layers = if parent.is_empty() {
+            Vec::new()
+        } else {
+            let p = st.records.get(parent).ok_or_else(|| not_found(parent))?;
+            if p.kind != Kind::Committed {
+                return Err(SnapshotError::InvalidArgument(format!(
+                    "parent {parent} is not a committed snapshot (it is {})",
+                    p.kind.name()
+                )));
+            }
+            p.layers.clone()
+        };
+        // containerd's remote-snapshot protocol: an unpack names the committed snapshot it
+        // will make (the chain ID, in `containerd.io/snapshot.ref`); when that layer is here
+        // already on the same parent (unpacked in another namespace), say so instead of
+        // unpacking it again: containerd then finds it by that label and uses it as it is.
+        if let Some(target) = labels.get(SNAPSHOT_REF)
+            && let Some(found) = st.records.values().find(|r| {
+                r.kind == Kind::Committed
+                    && r.parent == parent
+                    && r.labels.get(SNAPSHOT_REF) == Some(target)
+            })
+        {
+            info!(
+                target,
+                existing = found.key,
+                "layer present: not unpacking it again"
+            );
+            return Err(SnapshotError::AlreadyExists(target.clone()));
+        }
+        let dir = self.dir_of(key);
+        if dir.exists() {
+            // A creation that did not finish (no record): start over.
+            self.delete_dir(key)?;
+        }
+        std::fs::create_dir(&dir).map_err(SnapshotError::io(&dir))?;
+        let t = now();
+        let rec = Record {
+            key: key.to_string(),
+            parent: parent.to_string(),
+            kind,
+            labels,
+            created: t,
+            updated: t,
+            layers,
+        };
+        let made = self
+            .store
+            .hold_layers(self.user_of(key), rec.layers.clone())
+            .map_err(SnapshotError::from)
+            .and_then(|_| rec.write(&dir))
+            .and_then(|_| self.mount(&rec));
+        let live = match made {
+            Ok(l) => l,
+            Err(e) => {
+                if let Err(e2) = self.delete_dir(key) {
+                    warn!(error = %e2, "could not remove the half-made snapshot");
+                }
+                return Err(e);
+            }
+        };
+        st.live.insert(key.to_string(), live);
+        let bind = self.bind(&rec);
+        st.records.insert(key.to_string(), rec);
+        info!("snapshot created");
+        Ok(bind)
+    }
+
+    /// `Mounts`: the bind mount of an active snapshot or view, mounting it again when this
+    /// process has not (after a restart).
+    pub fn mounts(&self, key: &str) -> Result<BindMount, SnapshotError> {
+        let mut st = self.lock();
+        let rec = st.records.get(key).ok_or_else(|| not_found(key))?.clone();
+        if !st.live.contains_key(key) {
+            let _s = info_span!("remount", key).entered();
+            let live = self.mount(&rec)?;
+            st.live.insert(key.to_string(), live);
+        }
+        Ok(self.bind(&rec))
+    }
+
+    /// `Commit`: the active snapshot `key`'s changes become a layer, and the committed
+    /// snapshot `name` (same parent) stands on it; `key` is gone afterwards.
+    pub fn commit(
+        &self,
+        name: &str,
+        key: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<(), SnapshotError> {
+        let _s = info_span!("commit", name, key).entered();
+        if name.is_empty() {
+            return Err(SnapshotError::InvalidArgument(
+                "a snapshot name is needed".into(),
+            ));
+        }
+        let mut st = self.lock();
+        let rec = st.records.get(key).ok_or_else(|| not_found(key))?.clone();
+        if rec.kind != Kind::Active {
+            return Err(SnapshotError::FailedPrecondition(format!(
+                "snapshot {key} is {}: only an active snapshot can be committed",
+                rec.kind.name()
+            )));
+        }
+        if st.records.contains_key(name) {
+            return Err(SnapshotError::AlreadyExists(name.to_string()));
+        }
+        // The live view when mounted, else the writable layer opened here.
+        let (view, _offline) = match st.live.get(key).and_then(|l| l.view.clone()) {
+            Some(v) => (v, None),
+            None => {
+                let rw = self.dir_of(key).join(RW_DIR);
+                let f = fs::read_write(self.store.layers(), &rec.layers, &rw)?;
+                (f.view(), Some(f))
+            }
+        };
+        let changes = view.changes();
+        let tar = tempfile::tempfile_in(&self.tmp).map_err(SnapshotError::io(&self.tmp))?;
+        let (w, stats) = fs::changes::tar::write(&view, &changes, BufWriter::new(tar))?;
+        let mut tar = w
+            .into_inner()
+            .map_err(|e| SnapshotError::io(&self.tmp)(e.into_error()))?;
+        tar.flush()
+            .and_then(|_| tar.rewind())
+            .map_err(SnapshotError::io(&self.tmp))?;
+        drop(view);
+        drop(_offline);
+        let layers = self.store.layers();
+        let staged = info_span!("stage").in_scope(|| layers.stage(tar, None))?;
+        let diff_id = staged.diff_id().clone();
+        let locks = layers.lock(std::slice::from_ref(&diff_id))?;
+        info_span!("publish").in_scope(|| layers.commit(staged, &locks))?;
+        let dir = self.dir_of(name);
+        if dir.exists() {
+            self.delete_dir(name)?;
+        }
+        std::fs::create_dir(&dir).map_err(SnapshotError::io(&dir))?;
+        let mut chain = rec.layers.clone();
+        chain.push(diff_id.clone());
+        // Recorded while the layer lock is held: no collection can take the new layer.
+        info_span!("hold")
+            .in_scope(|| self.store.hold_layers(self.user_of(name), chain.clone()))?;
+        drop(locks);
+        let t = now();
+        let committed = Record {
+            key: name.to_string(),
+            parent: rec.parent.clone(),
+            kind: Kind::Committed,
+            labels,
+            created: t,
+            updated: t,
+            layers: chain,
+        };
+        info_span!("record").in_scope(|| committed.write(&dir))?;
+        st.records.insert(name.to_string(), committed);
+        // The committed snapshot is durable: now the active one goes.
+        if let Some(l) = st.live.remove(key) {
+            l.unmount();
+        }
+        info_span!("delete").in_scope(|| self.delete_dir(key))?;
+        st.records.remove(key);
+        info!(layer = %diff_id, changes = changes.len(), entries = stats.entries, "committed");
+        Ok(())
+    }
+
+    /// `Remove`: unmounts and deletes a snapshot that has no children.
+    pub fn remove(&self, key: &str) -> Result<(), SnapshotError> {
+        let _s = info_span!("remove", key).entered();
+        let mut st = self.lock();
+        let rec = st.records.get(key).ok_or_else(|| not_found(key))?;
+        let kind = rec.kind;
+        if let Some(child) = st.records.values().find(|r| r.parent == key) {
+            return Err(SnapshotError::FailedPrecondition(format!(
+                "snapshot {key} has children (such as {}): remove them first",
+                child.key
+            )));
+        }
+        if let Some(l) = st.live.remove(key) {
+            l.unmount();
+        }
+        self.delete_dir(key)?;
+        st.records.remove(key);
+        drop(st);
+        if kind == Kind::Committed {
+            // Its layer may be unused now.
+            if let Err(e) = self.store.gc() {
+                warn!(error = %e, "collecting unused layers failed");
+            }
+        }
+        info!("snapshot removed");
+        Ok(())
+    }
+
+    /// `Stat`.
+    pub fn stat(&self, key: &str) -> Result<Record, SnapshotError> {
+        self.lock()
+            .records
+            .get(key)
+            .cloned()
+            .ok_or_else(|| not_found(key))
+    }
+
+    /// `Update`: only labels change. With no field paths (or `labels`) the labels are
+    /// replaced; with `labels.KEY` paths only those keys are set or removed.
+    pub fn update(
+        &self,
+        key: &str,
+        labels: HashMap<String, String>,
+        fieldpaths: &[String],
+    ) -> Result<Record, SnapshotError> {
+        let _s = info_span!("update", key).entered();
+        let mut st = self.lock();
+        let rec = st.records.get_mut(key).ok_or_else(|| not_found(key))?;
+        let mut new = rec.clone();
+        if fieldpaths.is_empty() {
+            new.labels = labels;
+        } else {
+            for p in fieldpaths {
+                if p == "labels" {
+                    new.labels = labels.clone();
+                } else if let Some(k) = p.strip_prefix("labels.") {
+                    match labels.get(k) {
+                        Some(v) => new.labels.insert(k.to_string(), v.clone()),
+                        None => new.labels.remove(k),
+                    };
+                } else {
+                    return Err(SnapshotError::InvalidArgument(format!(
+                        "cannot update field {p:?} of snapshot {key}: only labels change"
+                    )));
+                }
+            }
+        }
+        new.updated = now();
+        new.write(&self.dir_of(key))?;
+        *rec = new.clone();
+        Ok(new)
+    }
+
+    /// `Usage`: what the snapshot itself uses (its writable layer, or its own layer).
+    pub fn usage(&self, key: &str) -> Result<Usage, SnapshotError> {
+        let rec = self.stat(key)?;
+        Ok(match rec.kind {
+            Kind::Active => {
+                let (size, inodes) = disk_usage(&self.dir_of(key).join(RW_DIR));
+                Usage { size, inodes }
+            }
+            Kind::View => Usage::default(),
+            Kind::Committed => match rec.layers.last() {
+                Some(id) => {
+                    let layers = self.store.layers();
+                    let entries = layers.index(id)?.entries.len() as i64;
+                    let (size, _) = disk_usage(&layers.data_dir(id));
+                    Usage {
+                        size,
+                        inodes: entries,
+                    }
+                }
+                None => Usage::default(),
+            },
+        })
+    }
+
+    /// `List` (containerd's Walk): the records that match `filters`, sorted by key.
+    pub fn list(&self, filters: &[String]) -> Result<Vec<Record>, SnapshotError> {
+        let f = Filters::parse(filters)?;
+        let mut out: Vec<Record> = self
+            .lock()
+            .records
+            .values()
+            .filter(|r| f.matches(r))
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    /// `Cleanup`: removes what no record accounts for: directories of snapshots whose
+    /// creation did not finish, the trash, and stale mounts.
+    pub fn cleanup(&self) -> Result<(), SnapshotError> {
+        let _s = info_span!("cleanup").entered();
+        let st = self.lock();
+        let known: std::collections::HashSet<String> =
+            st.records.keys().map(|k| Record::dir_name(k)).collect();
+        let rd = std::fs::read_dir(&self.snapshots).map_err(SnapshotError::io(&self.snapshots))?;
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if known.contains(&name) || e.path().join(INFO_FILE).exists() {
+                continue;
+            }
+            info!(dir = %e.path().display(), "removing an unfinished snapshot");
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+        self.empty_trash();
+        self.clean_mounts(&st);
+        Ok(())
+    }
+
+    /// Unmounts every snapshot (the writable layers are flushed); at shutdown.
+    pub fn unmount_all(&self) {
+        let mut st = self.lock();
+        for (_, l) in st.live.drain() {
+            l.unmount();
+        }
+    }
+
+    /// The directory of the snapshots' mount points.
+    pub fn mounts_dir(&self) -> &Path {
+        &self.mounts
+    }
+}
+
+impl Drop for Snapshotter {
+    /// No session outlives the snapshotter: a mount whose server is gone would answer
+    /// ENOTCONN until someone detached it.
+    fn drop(&mut self) {
+        self.unmount_all();
+    }
+}
