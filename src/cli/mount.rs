@@ -226,6 +226,7 @@ fn layer_dir(args: &MountArgs, mountpoint: &Path) -> anyhow::Result<Option<PathB
 
 /// The detached daemon: mounts, says "ready" on stdout, serves until unmounted.
 pub fn serve(root: &Path, args: MountArgs) -> anyhow::Result<i32> {
+    strata::rwlayer::tune_allocator();
     let store = ImageStore::open(root)?;
     let image = store.resolve(&args.image)?;
     let mountpoint = fs::check_mountpoint(&args.mountpoint, root)?;

@@ -75,6 +75,7 @@ fn take(fd: Option<i32>) -> Result<Option<File>, RuntimeError> {
 pub fn run(root: &Path, args: ShimArgs) -> Result<i32, RuntimeError> {
     // A new session: no terminal signal or hang-up of the caller reaches the shim.
     let _ = rustix::process::setsid();
+    crate::rwlayer::tune_allocator();
     let mut status = Reporter {
         out: take(args.status_fd)?,
     };

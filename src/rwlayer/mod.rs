@@ -29,6 +29,19 @@ const READS: [u32; 2] = [1, 2];
 /// leaves it writes; 8 MiB instead of 32 lowered the daemon's peak RSS after a 10k-file untar by
 /// a fifth.
 const CACHE_BYTES: u64 = 8 << 20;
+/// Allocations from this size up get mappings of their own in a process that serves writable
+/// layers (see [`tune_allocator`]).
+const MMAP_THRESHOLD: usize = 256 << 10;
+
+/// Call once at the start of a process that serves writable layers (a `mount --rw` daemon,
+/// a container's shim, the snapshotter): sled's page tables are multi-MiB zeroed arrays
+/// that stay almost empty, and glibc, once it has raised its mmap threshold, carves them
+/// from the heap and writes the zeros — resident at once. A fixed threshold keeps them as
+/// untouched mappings.
+pub fn tune_allocator() {
+    sys::malloc_mmap_threshold(MMAP_THRESHOLD);
+}
+
 /// Copy-up granularity: writing one byte into a lower file copies at most this much.
 pub const CHUNK: u64 = 64 * 1024;
 /// First inode number handed to inodes created in this layer; lower inodes are below.

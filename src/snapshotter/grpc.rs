@@ -30,9 +30,6 @@ pub struct ServeOptions {
 
 struct Service(Arc<Snapshotter>);
 
-/// Allocations from this size up get mappings of their own (see `sys::malloc_mmap_threshold`).
-const MMAP_THRESHOLD: usize = 256 << 10;
-
 /// Runs `f` on a blocking thread.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, SnapshotError> + Send + 'static,
@@ -199,7 +196,7 @@ pub fn serve(opts: &ServeOptions, ready: impl FnOnce()) -> Result<(), SnapshotEr
     let _g = span.enter();
     // Every mounted snapshot opens a sled database, whose page table is a few MiB of zeroed
     // memory that stays nearly unused: from fresh mappings it costs only what is touched.
-    crate::sys::malloc_mmap_threshold(MMAP_THRESHOLD);
+    crate::rwlayer::tune_allocator();
     // The socket first: a bad address is refused before anything is created.
     let listener = bind(&opts.address)?;
     let core = match Snapshotter::open(&opts.root, &opts.mounts) {
