@@ -251,8 +251,9 @@ struct ChildGuard {
     pid: i32,
     cgroups: Vec<PathBuf>,
     session: Option<mpsc::Receiver<std::io::Result<()>>>,
-    /// The container's directory once its network may be wired (undone on failure).
-    net_dir: Option<PathBuf>,
+    /// The container's directory: whatever of its network was made is undone on failure
+    /// (detach does nothing where nothing was made).
+    dir: PathBuf,
     id: String,
     armed: bool,
 }
@@ -270,9 +271,7 @@ impl Drop for ChildGuard {
             finish_session(s);
         }
         cgroups::remove(&self.cgroups);
-        if let Some(d) = &self.net_dir {
-            crate::net::detach(&self.id, d);
-        }
+        crate::net::detach(&self.id, &self.dir);
     }
 }
 
@@ -363,20 +362,25 @@ fn launch(root: &Path, c: &Container) -> Result<Running, Fail> {
         }
         Ok(Fork::Parent(pid)) => pid,
         Err(e) if id_maps.is_some() && e.raw_os_error() == Some(libc::EPERM) => {
+            crate::net::detach(&c.id, &c.dir);
             return Err(fail_rt(format!(
                 "cannot create a user namespace ({e}): this host does not let ordinary users \
                  make one (see sysctl kernel.unprivileged_userns_clone and \
                  user.max_user_namespaces)"
             )));
         }
-        Err(e) => return Err(fail_io("clone")(e)),
+        Err(e) => {
+            // Undoes `rootless::enter` (a user network without root), if it was made.
+            crate::net::detach(&c.id, &c.dir);
+            return Err(fail_io("clone")(e));
+        }
     };
     drop((sync_w, go_r, out_w, err_w, stdin, console_child, fuse_child));
     let mut guard = ChildGuard {
         pid,
         cgroups: vec![],
         session: None,
-        net_dir: None,
+        dir: c.dir.clone(),
         id: c.id.clone(),
         armed: true,
     };
@@ -394,7 +398,6 @@ fn launch(root: &Path, c: &Container) -> Result<Running, Fail> {
         dir: &c.dir,
         net: &c.meta.net,
     };
-    guard.net_dir = Some(c.dir.clone());
     let attaching = crate::net::start_attach(root, &member, pid).map_err(fail_rt)?;
 
     let filesystem = {
