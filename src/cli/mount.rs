@@ -62,11 +62,12 @@ pub enum Io {
 }
 
 impl Io {
-    /// The open mode of a mount by this process: passthrough only where the kernel grants it
-    /// (without CAP_SYS_ADMIN in the initial user namespace, reads go through strata, cached).
+    /// The open mode of a mount by this process: passthrough only where the kernel grants it.
+    /// Without CAP_SYS_ADMIN in the initial user namespace reads go through strata anyway,
+    /// so the default is no-open there: a re-read costs no OPEN round trip.
     fn mode(self, access: &FuseAccess) -> fs::OpenMode {
         match self {
-            Io::Passthrough if !access.passthrough => fs::OpenMode::Cached,
+            Io::Passthrough if !access.passthrough => fs::OpenMode::NoOpen,
             Io::Passthrough => fs::OpenMode::Passthrough,
             Io::Cached => fs::OpenMode::Cached,
             Io::NoOpen => fs::OpenMode::NoOpen,
