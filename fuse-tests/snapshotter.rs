@@ -647,6 +647,7 @@ fn layer_count(state: &Path) -> usize {
 fn bad_requests_get_containerds_error_codes() {
     use containerd_snapshots::tonic::{Code, Status};
     use std::collections::HashMap;
+    use std::os::unix::ffi::OsStrExt;
     use strata::snapshotter::{Kind, SNAPSHOT_REF, SnapshotError, Snapshotter};
 
     fn code<T: std::fmt::Debug>(r: Result<T, SnapshotError>) -> Code {
@@ -664,6 +665,24 @@ fn bad_requests_get_containerds_error_codes() {
     let a = s.create(Kind::Active, "a", "", none()).expect("prepare");
     assert!(!a.read_only && a.source.starts_with(&mounts));
     std::fs::write(a.source.join("f"), b"in a\n").expect("write");
+    // Committed through a pipe: a file bigger than the pipe's buffer, and a first entry whose
+    // name starts with gzip's magic bytes (the layer store must not take the tar for gzip).
+    let big: Vec<u8> = (0u32..3 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(a.source.join("big"), &big).expect("write big");
+    let gz_name = std::ffi::OsStr::from_bytes(b"\x1f\x8b-not-gzip");
+    std::fs::write(a.source.join(gz_name), b"tar, not gzip\n").expect("write");
+    // Whole seconds: no PAX header goes before the entry's own.
+    std::fs::File::options()
+        .write(true)
+        .open(a.source.join(gz_name))
+        .and_then(|f| {
+            f.set_modified(
+                std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1 << 30),
+            )
+        })
+        .expect("set mtime");
     assert_eq!(
         code(s.create(Kind::Active, "a", "", none())),
         Code::AlreadyExists
@@ -702,6 +721,11 @@ fn bad_requests_get_containerds_error_codes() {
     let v = s.create(Kind::View, "v", "c", none()).expect("view");
     assert!(v.read_only);
     assert_eq!(std::fs::read(v.source.join("f")).expect("read"), b"in a\n");
+    assert!(std::fs::read(v.source.join("big")).expect("read big") == big);
+    assert_eq!(
+        std::fs::read(v.source.join(gz_name)).expect("read"),
+        b"tar, not gzip\n"
+    );
     assert_eq!(code(s.commit("c2", "v", none())), Code::FailedPrecondition);
     s.create(Kind::Active, "a2", "c", none())
         .expect("prepare on c");
