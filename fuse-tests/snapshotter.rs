@@ -536,10 +536,22 @@ fn containerd_runs_containers_on_strata_snapshots() {
     );
     assert!(!rows.iter().any(|r| r.0 == "act1"), "{rows:?}");
     assert_eq!(layers(), 5, "the commit is a new strata layer");
-    env.snap_ok(&["label", "c1", "strata.test/colour=blue"]);
+    // c1 (which `ctr snapshots commit` roots) refers to the view made next: `ctr snapshots
+    // view` does not root it, and containerd's garbage collection (run after any deletion,
+    // such as the lease of the `diff` above) would take it away under the test.
+    env.snap_ok(&[
+        "label",
+        "c1",
+        "strata.test/colour=blue",
+        "containerd.io/gc.ref.snapshot.strata=v1",
+    ]);
     let info = env.snap_ok(&["info", "c1"]);
     assert!(info.contains("\"strata.test/colour\": \"blue\""), "{info}");
     env.snap_ok(&["view", "v1", "c1"]);
+    // A collection now (a lease deleted with --sync collects synchronously) keeps it.
+    env.ok(&["leases", "create", "--id", "strata-test-gc"]);
+    env.ok(&["leases", "rm", "--sync", "strata-test-gc"]);
+    assert!(env.snapshots().iter().any(|r| r.0 == "v1"), "v1 collected");
     {
         let m = env.mount("v1", "m-v1");
         assert_eq!(
