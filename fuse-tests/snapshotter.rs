@@ -374,6 +374,13 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             .collect()
     }
 
+    /// A garbage collection of containerd's, now and synchronously (deleting a lease with
+    /// `--sync` runs one).
+    fn collect(&self) {
+        self.ok(&["leases", "create", "--id", "strata-test-gc"]);
+        self.ok(&["leases", "rm", "--sync", "strata-test-gc"]);
+    }
+
     /// Waits (bounded: 30 s) until `cond` holds; containerd removes snapshots in its
     /// garbage collection, a moment after the command that dropped them.
     fn eventually(&self, what: &str, mut cond: impl FnMut() -> bool) {
@@ -548,9 +555,8 @@ fn containerd_runs_containers_on_strata_snapshots() {
     let info = env.snap_ok(&["info", "c1"]);
     assert!(info.contains("\"strata.test/colour\": \"blue\""), "{info}");
     env.snap_ok(&["view", "v1", "c1"]);
-    // A collection now (a lease deleted with --sync collects synchronously) keeps it.
-    env.ok(&["leases", "create", "--id", "strata-test-gc"]);
-    env.ok(&["leases", "rm", "--sync", "strata-test-gc"]);
+    // A collection now keeps it.
+    env.collect();
     assert!(env.snapshots().iter().any(|r| r.0 == "v1"), "v1 collected");
     {
         let m = env.mount("v1", "m-v1");
@@ -567,6 +573,9 @@ fn containerd_runs_containers_on_strata_snapshots() {
     assert_ne!(env.snap(&["rm", "c1"]).code, 0);
     env.snap_ok(&["rm", "v1"]);
     env.snap_ok(&["rm", "c1"]);
+    // containerd removes it from strata in its next collection, which may be scheduled many
+    // seconds away (its interval grows with the time collections took): one now.
+    env.collect();
     env.eventually("c1's layer collected", || layers() == 4);
 
     // Restarts: an active snapshot with data, both daemons stopped and started again.
