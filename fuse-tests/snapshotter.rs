@@ -7,7 +7,8 @@
 //! `ctr run --rm … echo hi`, a container that writes and deletes files and `ctr snapshots
 //! diff` showing exactly that, prepare/commit/view/label/usage/remove by hand, restarts of
 //! both daemons (SIGTERM and kill -9 of the snapshotter) with the snapshots and their data
-//! surviving, and at the end: every snapshot and every layer gone, nothing mounted, nothing
+//! surviving, restarts of containerd alone (SIGTERM and kill -9) under a running container
+//! while the snapshotter keeps serving, and at the end: every snapshot and every layer gone, nothing mounted, nothing
 //! running. Every wait is bounded; the daemons (and any runc shim of this containerd) are
 //! stopped by PID in `Drop`, even when the test fails.
 
@@ -381,6 +382,22 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         self.ok(&["leases", "rm", "--sync", "strata-test-gc"]);
     }
 
+    /// The mountinfo lines of the snapshotter's own mounts (under its mounts directory).
+    fn fuse_mounts(&self) -> Vec<String> {
+        let under = self.mounts().to_string_lossy().into_owned();
+        let mut v: Vec<String> = self
+            .strata_mounts()
+            .into_iter()
+            .filter(|l| {
+                l.split_whitespace()
+                    .nth(4)
+                    .is_some_and(|mp| mp.starts_with(&format!("{under}/")))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
     /// Waits (bounded: 30 s) until `cond` holds; containerd removes snapshots in its
     /// garbage collection, a moment after the command that dropped them.
     fn eventually(&self, what: &str, mut cond: impl FnMut() -> bool) {
@@ -628,6 +645,94 @@ fn containerd_runs_containers_on_strata_snapshots() {
         "/www/index.html",
     ]);
     assert_eq!(o, "hello from strata\n");
+
+    // containerd alone restarts (SIGTERM, then kill -9) while the snapshotter keeps serving
+    // and a container keeps running on a strata snapshot: nothing of strata is unmounted,
+    // the running container's root file system still answers, and snapshots, mounts and new
+    // containers work with the new containerd.
+    env.ok(&[
+        "run",
+        "-d",
+        "--snapshotter",
+        "strata",
+        IMAGE,
+        "t4",
+        "sleep",
+        "600",
+    ]);
+    let snapshotter_pid = env.snapshotter.child.as_ref().map(|c| c.id());
+    // The snapshotter's FUSE mounts (the running container's among them).
+    let mounted = env.fuse_mounts();
+    assert!(!mounted.is_empty(), "t4's snapshot is mounted");
+    for kill in [false, true] {
+        env.containerd.stop(kill);
+        assert_eq!(
+            env.fuse_mounts(),
+            mounted,
+            "containerd stopped (kill: {kill})"
+        );
+        env.start_containerd();
+        assert!(
+            env.snapshotter
+                .child
+                .as_mut()
+                .is_some_and(|c| c.try_wait().is_ok_and(|s| s.is_none())),
+            "the snapshotter stopped with containerd"
+        );
+        assert_eq!(
+            env.snapshotter.child.as_ref().map(|c| c.id()),
+            snapshotter_pid
+        );
+        let tasks = env.ok(&["tasks", "ls"]);
+        assert!(
+            tasks
+                .lines()
+                .any(|l| l.starts_with("t4 ") && l.contains("RUNNING")),
+            "{tasks}"
+        );
+        let exec_id = format!("e-{kill}");
+        let o = env.ok(&[
+            "tasks",
+            "exec",
+            "--exec-id",
+            &exec_id,
+            "t4",
+            "cat",
+            "/www/index.html",
+        ]);
+        assert_eq!(o, "hello from strata\n", "the running container's rootfs");
+        let rows = env.snapshots();
+        assert!(
+            rows.iter().any(|r| r.0 == "t4" && r.2 == "Active"),
+            "{rows:?}"
+        );
+        assert_eq!(committed(&rows), 4, "{rows:?}");
+        let m = env.mount("keep", "m-keep");
+        assert_eq!(
+            std::fs::read(m.0.join("kept.txt")).expect("read"),
+            b"survives restarts\n"
+        );
+    }
+    let o = env.ok(&[
+        "run",
+        "--rm",
+        "--snapshotter",
+        "strata",
+        IMAGE,
+        "t5",
+        "cat",
+        "/www/index.html",
+    ]);
+    assert_eq!(o, "hello from strata\n");
+    env.ok(&["tasks", "kill", "-s", "SIGKILL", "t4"]);
+    env.eventually("t4 stopped", || {
+        env.ctr(&["tasks", "ls"])
+            .out
+            .lines()
+            .all(|l| !l.starts_with("t4 ") || l.contains("STOPPED"))
+    });
+    env.ok(&["tasks", "rm", "t4"]);
+    env.ok(&["containers", "rm", "t4"]);
 
     // Removal: the container, the snapshot, the image; containerd's collection removes the
     // committed snapshots, and with them strata's layers.
