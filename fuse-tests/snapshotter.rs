@@ -7,7 +7,8 @@
 //! `ctr run --rm … echo hi`, a container that writes and deletes files and `ctr snapshots
 //! diff` showing exactly that, prepare/commit/view/label/usage/remove by hand, restarts of
 //! both daemons (SIGTERM and kill -9 of the snapshotter) with the snapshots and their data
-//! surviving, and at the end: every snapshot and every layer gone, nothing mounted, nothing
+//! surviving, restarts of containerd alone (SIGTERM and kill -9) under a running container
+//! while the snapshotter keeps serving, and at the end: every snapshot and every layer gone, nothing mounted, nothing
 //! running. Every wait is bounded; the daemons (and any runc shim of this containerd) are
 //! stopped by PID in `Drop`, even when the test fails.
 
@@ -374,6 +375,29 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             .collect()
     }
 
+    /// A garbage collection of containerd's, now and synchronously (deleting a lease with
+    /// `--sync` runs one).
+    fn collect(&self) {
+        self.ok(&["leases", "create", "--id", "strata-test-gc"]);
+        self.ok(&["leases", "rm", "--sync", "strata-test-gc"]);
+    }
+
+    /// The mountinfo lines of the snapshotter's own mounts (under its mounts directory).
+    fn fuse_mounts(&self) -> Vec<String> {
+        let under = self.mounts().to_string_lossy().into_owned();
+        let mut v: Vec<String> = self
+            .strata_mounts()
+            .into_iter()
+            .filter(|l| {
+                l.split_whitespace()
+                    .nth(4)
+                    .is_some_and(|mp| mp.starts_with(&format!("{under}/")))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
     /// Waits (bounded: 30 s) until `cond` holds; containerd removes snapshots in its
     /// garbage collection, a moment after the command that dropped them.
     fn eventually(&self, what: &str, mut cond: impl FnMut() -> bool) {
@@ -536,10 +560,21 @@ fn containerd_runs_containers_on_strata_snapshots() {
     );
     assert!(!rows.iter().any(|r| r.0 == "act1"), "{rows:?}");
     assert_eq!(layers(), 5, "the commit is a new strata layer");
-    env.snap_ok(&["label", "c1", "strata.test/colour=blue"]);
+    // c1 (which `ctr snapshots commit` roots) refers to the view made next: `ctr snapshots
+    // view` does not root it, and containerd's garbage collection (run after any deletion,
+    // such as the lease of the `diff` above) would take it away under the test.
+    env.snap_ok(&[
+        "label",
+        "c1",
+        "strata.test/colour=blue",
+        "containerd.io/gc.ref.snapshot.strata=v1",
+    ]);
     let info = env.snap_ok(&["info", "c1"]);
     assert!(info.contains("\"strata.test/colour\": \"blue\""), "{info}");
     env.snap_ok(&["view", "v1", "c1"]);
+    // A collection now keeps it.
+    env.collect();
+    assert!(env.snapshots().iter().any(|r| r.0 == "v1"), "v1 collected");
     {
         let m = env.mount("v1", "m-v1");
         assert_eq!(
@@ -555,6 +590,9 @@ fn containerd_runs_containers_on_strata_snapshots() {
     assert_ne!(env.snap(&["rm", "c1"]).code, 0);
     env.snap_ok(&["rm", "v1"]);
     env.snap_ok(&["rm", "c1"]);
+    // containerd removes it from strata in its next collection, which may be scheduled many
+    // seconds away (its interval grows with the time collections took): one now.
+    env.collect();
     env.eventually("c1's layer collected", || layers() == 4);
 
     // Restarts: an active snapshot with data, both daemons stopped and started again.
@@ -608,6 +646,94 @@ fn containerd_runs_containers_on_strata_snapshots() {
     ]);
     assert_eq!(o, "hello from strata\n");
 
+    // containerd alone restarts (SIGTERM, then kill -9) while the snapshotter keeps serving
+    // and a container keeps running on a strata snapshot: nothing of strata is unmounted,
+    // the running container's root file system still answers, and snapshots, mounts and new
+    // containers work with the new containerd.
+    env.ok(&[
+        "run",
+        "-d",
+        "--snapshotter",
+        "strata",
+        IMAGE,
+        "t4",
+        "sleep",
+        "600",
+    ]);
+    let snapshotter_pid = env.snapshotter.child.as_ref().map(|c| c.id());
+    // The snapshotter's FUSE mounts (the running container's among them).
+    let mounted = env.fuse_mounts();
+    assert!(!mounted.is_empty(), "t4's snapshot is mounted");
+    for kill in [false, true] {
+        env.containerd.stop(kill);
+        assert_eq!(
+            env.fuse_mounts(),
+            mounted,
+            "containerd stopped (kill: {kill})"
+        );
+        env.start_containerd();
+        assert!(
+            env.snapshotter
+                .child
+                .as_mut()
+                .is_some_and(|c| c.try_wait().is_ok_and(|s| s.is_none())),
+            "the snapshotter stopped with containerd"
+        );
+        assert_eq!(
+            env.snapshotter.child.as_ref().map(|c| c.id()),
+            snapshotter_pid
+        );
+        let tasks = env.ok(&["tasks", "ls"]);
+        assert!(
+            tasks
+                .lines()
+                .any(|l| l.starts_with("t4 ") && l.contains("RUNNING")),
+            "{tasks}"
+        );
+        let exec_id = format!("e-{kill}");
+        let o = env.ok(&[
+            "tasks",
+            "exec",
+            "--exec-id",
+            &exec_id,
+            "t4",
+            "cat",
+            "/www/index.html",
+        ]);
+        assert_eq!(o, "hello from strata\n", "the running container's rootfs");
+        let rows = env.snapshots();
+        assert!(
+            rows.iter().any(|r| r.0 == "t4" && r.2 == "Active"),
+            "{rows:?}"
+        );
+        assert_eq!(committed(&rows), 4, "{rows:?}");
+        let m = env.mount("keep", "m-keep");
+        assert_eq!(
+            std::fs::read(m.0.join("kept.txt")).expect("read"),
+            b"survives restarts\n"
+        );
+    }
+    let o = env.ok(&[
+        "run",
+        "--rm",
+        "--snapshotter",
+        "strata",
+        IMAGE,
+        "t5",
+        "cat",
+        "/www/index.html",
+    ]);
+    assert_eq!(o, "hello from strata\n");
+    env.ok(&["tasks", "kill", "-s", "SIGKILL", "t4"]);
+    env.eventually("t4 stopped", || {
+        env.ctr(&["tasks", "ls"])
+            .out
+            .lines()
+            .all(|l| !l.starts_with("t4 ") || l.contains("STOPPED"))
+    });
+    env.ok(&["tasks", "rm", "t4"]);
+    env.ok(&["containers", "rm", "t4"]);
+
     // Removal: the container, the snapshot, the image; containerd's collection removes the
     // committed snapshots, and with them strata's layers.
     env.ok(&["containers", "rm", "t2"]);
@@ -647,6 +773,7 @@ fn layer_count(state: &Path) -> usize {
 fn bad_requests_get_containerds_error_codes() {
     use containerd_snapshots::tonic::{Code, Status};
     use std::collections::HashMap;
+    use std::os::unix::ffi::OsStrExt;
     use strata::snapshotter::{Kind, SNAPSHOT_REF, SnapshotError, Snapshotter};
 
     fn code<T: std::fmt::Debug>(r: Result<T, SnapshotError>) -> Code {
@@ -664,6 +791,24 @@ fn bad_requests_get_containerds_error_codes() {
     let a = s.create(Kind::Active, "a", "", none()).expect("prepare");
     assert!(!a.read_only && a.source.starts_with(&mounts));
     std::fs::write(a.source.join("f"), b"in a\n").expect("write");
+    // Committed through a pipe: a file bigger than the pipe's buffer, and a first entry whose
+    // name starts with gzip's magic bytes (the layer store must not take the tar for gzip).
+    let big: Vec<u8> = (0u32..3 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(a.source.join("big"), &big).expect("write big");
+    let gz_name = std::ffi::OsStr::from_bytes(b"\x1f\x8b-not-gzip");
+    std::fs::write(a.source.join(gz_name), b"tar, not gzip\n").expect("write");
+    // Whole seconds: no PAX header goes before the entry's own.
+    std::fs::File::options()
+        .write(true)
+        .open(a.source.join(gz_name))
+        .and_then(|f| {
+            f.set_modified(
+                std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1 << 30),
+            )
+        })
+        .expect("set mtime");
     assert_eq!(
         code(s.create(Kind::Active, "a", "", none())),
         Code::AlreadyExists
@@ -702,6 +847,11 @@ fn bad_requests_get_containerds_error_codes() {
     let v = s.create(Kind::View, "v", "c", none()).expect("view");
     assert!(v.read_only);
     assert_eq!(std::fs::read(v.source.join("f")).expect("read"), b"in a\n");
+    assert!(std::fs::read(v.source.join("big")).expect("read big") == big);
+    assert_eq!(
+        std::fs::read(v.source.join(gz_name)).expect("read"),
+        b"tar, not gzip\n"
+    );
     assert_eq!(code(s.commit("c2", "v", none())), Code::FailedPrecondition);
     s.create(Kind::Active, "a2", "c", none())
         .expect("prepare on c");

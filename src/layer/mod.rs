@@ -213,6 +213,17 @@ impl LayerStore {
         blob: impl Read,
         expected: Option<&Digest>,
     ) -> Result<StagedLayer, LayerError> {
+        self.stage_tar(decompress(blob).map_err(LayerError::tar)?, expected)
+    }
+
+    /// [`stage`](Self::stage) of a stream known to be an uncompressed tar (one this program
+    /// writes): its first bytes are never taken for a compression's magic number, whatever
+    /// name its first entry has.
+    pub fn stage_tar(
+        &self,
+        tar: impl Read,
+        expected: Option<&Digest>,
+    ) -> Result<StagedLayer, LayerError> {
         let staging = tempfile::Builder::new()
             .prefix(&format!("layer-{}-", std::process::id()))
             .tempdir_in(self.dir.join(".staging"))
@@ -224,7 +235,7 @@ impl LayerStore {
             tar_size: 0,
             index: LayerIndex::default(),
         };
-        let mut tar = HashingReader::new(decompress(blob).map_err(LayerError::tar)?);
+        let mut tar = HashingReader::new(tar);
         let index = extract::extract(&mut tar, &staging)?;
         let (diff_id, size) = tar.finish().map_err(LayerError::tar)?;
         if let Some(expected) = expected

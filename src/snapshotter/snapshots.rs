@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufWriter, Seek, Write};
+use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::SystemTime;
@@ -16,7 +16,11 @@ use super::filter::Filters;
 use super::live::{self, Live};
 use super::record::{self, INFO_FILE, Kind, Record};
 use crate::fs;
+use crate::fs::changes::tar::TarStats;
+use crate::fs::changes::{Change, ChangesError};
+use crate::fs::view::View;
 use crate::image::{ImageStore, User};
+use crate::layer::{LayerStore, StagedLayer};
 
 /// The writable layer's directory inside an active snapshot's directory.
 const RW_DIR: &str = "rw";
@@ -47,7 +51,6 @@ pub struct Snapshotter {
     store: ImageStore,
     snapshots: PathBuf,
     trash: PathBuf,
-    tmp: PathBuf,
     mounts: PathBuf,
     state: Mutex<State>,
     /// Held for the process's life: one snapshotter per state root.
@@ -85,6 +88,57 @@ fn disk_usage(dir: &Path) -> (i64, i64) {
     (size, files)
 }
 
+/// Bytes a pipe between the change set's tar writer and the layer store's extractor holds (a
+/// layer of big files then costs few context switches; the kernel may allow less).
+const PIPE_BYTES: usize = 1 << 20;
+
+/// Streams the change set of `view` as a tar straight into the layer store's staging area:
+/// the tar is written on a second thread into a pipe that the extractor reads (hashing it
+/// for the diff_id as it goes), so the layer is written to disk once, with no temporary tar.
+fn stage_changes(
+    layers: &LayerStore,
+    view: &View,
+    changes: &[Change],
+) -> Result<(StagedLayer, TarStats), SnapshotError> {
+    let (rx, tx) = std::io::pipe().map_err(SnapshotError::io("pipe"))?;
+    // Only a larger buffer: the default one works too.
+    let _ = rustix::pipe::fcntl_setpipe_size(&tx, PIPE_BYTES);
+    let parent = tracing::Span::current();
+    let (written, staged) = std::thread::scope(|s| {
+        let writer = s.spawn(move || {
+            let _s = parent.entered();
+            // Dropping the pipe's end (also on error) ends the reader's stream.
+            fs::changes::tar::write(view, changes, BufWriter::with_capacity(256 * 1024, tx))
+                .and_then(|(w, stats)| {
+                    w.into_inner()
+                        .map_err(|e| ChangesError::io("tar", e.into_error()))?;
+                    Ok(stats)
+                })
+        });
+        let staged = layers.stage_tar(std::io::BufReader::with_capacity(256 * 1024, rx), None);
+        let written = writer.join().unwrap_or_else(|_| {
+            Err(ChangesError::io(
+                "tar",
+                std::io::Error::other("tar writer panicked"),
+            ))
+        });
+        (written, staged)
+    });
+    match (written, staged) {
+        (Ok(stats), Ok(staged)) => Ok((staged, stats)),
+        // The extractor stopped reading first (it refused the stream): its error is the cause.
+        (Err(ChangesError::Io { source, .. }), Err(e))
+            if source.kind() == std::io::ErrorKind::BrokenPipe =>
+        {
+            Err(e.into())
+        }
+        // A writer that failed may have left a stream that ends cleanly between entries: its
+        // error wins, whatever the extractor made of the stream.
+        (Err(e), _) => Err(e.into()),
+        (Ok(_), Err(e)) => Err(e.into()),
+    }
+}
+
 impl Snapshotter {
     /// Opens the snapshotter of the state root `root`, with its mount points under `mounts`
     /// (outside the state root). Refused while another snapshotter serves this root. Mounts
@@ -96,8 +150,7 @@ impl Snapshotter {
         let dir = root.join("snapshotter");
         let snapshots = dir.join("snapshots");
         let trash = dir.join("trash");
-        let tmp = dir.join("tmp");
-        for d in [&snapshots, &trash, &tmp, &mounts.to_path_buf()] {
+        for d in [&snapshots, &trash, &mounts.to_path_buf()] {
             std::fs::create_dir_all(d).map_err(SnapshotError::io(d))?;
         }
         let lock_path = dir.join("lock");
@@ -126,7 +179,6 @@ impl Snapshotter {
             store,
             snapshots,
             trash,
-            tmp,
             mounts: mounts_c,
             state: Mutex::new(State {
                 records,
@@ -386,18 +438,11 @@ impl Snapshotter {
             }
         };
         let changes = view.changes();
-        let tar = tempfile::tempfile_in(&self.tmp).map_err(SnapshotError::io(&self.tmp))?;
-        let (w, stats) = fs::changes::tar::write(&view, &changes, BufWriter::new(tar))?;
-        let mut tar = w
-            .into_inner()
-            .map_err(|e| SnapshotError::io(&self.tmp)(e.into_error()))?;
-        tar.flush()
-            .and_then(|_| tar.rewind())
-            .map_err(SnapshotError::io(&self.tmp))?;
+        let layers = self.store.layers();
+        let (staged, stats) =
+            info_span!("stage").in_scope(|| stage_changes(layers, &view, &changes))?;
         drop(view);
         drop(_offline);
-        let layers = self.store.layers();
-        let staged = info_span!("stage").in_scope(|| layers.stage(tar, None))?;
         let diff_id = staged.diff_id().clone();
         let locks = layers.lock(std::slice::from_ref(&diff_id))?;
         info_span!("publish").in_scope(|| layers.commit(staged, &locks))?;
