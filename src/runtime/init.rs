@@ -20,9 +20,10 @@ use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
 use rustix::process::Signal;
 use rustix::thread::{CapabilitySet, CapabilitySets, UnshareFlags};
 
+use super::mountplan::{self, MountOps};
 use super::mounts::{self, BindFlags, Leaf};
 use super::seccomp::Seccomp;
-use super::spec::{self, Mount, Process, Spec};
+use super::spec::{self, Process, Spec};
 use super::user::{self, ExecUser};
 use crate::sys::container as csys;
 
@@ -217,15 +218,13 @@ fn run_child(c: &Child<'_>) -> Result<Infallible, Fail> {
         csys::interface_up("lo").map_err(fail("bringing up lo"))?;
     }
 
-    for m in &c.spec.mounts {
-        mount_one(root.as_fd(), m)
-            .map_err(fail(format!("mounting {} ({})", m.destination, m.kind)))?;
-    }
-    make_devices(root.as_fd(), c.spec).map_err(fail("creating /dev"))?;
-    mounts::ensure(root.as_fd(), &c.spec.process.cwd, Leaf::Dir).map_err(fail(format!(
-        "creating the working directory {}",
-        c.spec.process.cwd
-    )))?;
+    mountplan::mount_rootfs(
+        &mut InRoot(root.as_fd()),
+        &c.spec.mounts,
+        &c.spec.linux.devices,
+        &c.spec.process.cwd,
+    )
+    .map_err(plan_fail)?;
 
     rustix::mount::mount_change(
         c.rootfs,
@@ -239,12 +238,12 @@ fn run_child(c: &Child<'_>) -> Result<Infallible, Fail> {
     rustix::process::chdir("/").map_err(fail_errno("chdir /"))?;
     drop(root);
 
-    for p in &c.spec.linux.masked_paths {
-        mask(p).map_err(fail(format!("masking {p}")))?;
-    }
-    for p in &c.spec.linux.readonly_paths {
-        readonly(p).map_err(fail(format!("making {p} read-only")))?;
-    }
+    mountplan::protect(
+        &mut AtNewRoot,
+        &c.spec.linux.masked_paths,
+        &c.spec.linux.readonly_paths,
+    )
+    .map_err(plan_fail)?;
     if c.spec.root.readonly {
         let slash = rustix::fs::open("/", OFlags::PATH | OFlags::CLOEXEC, Mode::empty())
             .map_err(fail_errno("opening /"))?;
@@ -282,154 +281,107 @@ fn open_fuse() -> Result<OwnedFd, Fail> {
     }
 }
 
-fn mount_one(root: BorrowedFd<'_>, m: &Mount) -> io::Result<()> {
-    let ro = m.options.iter().any(|o| o == "ro");
-    if m.kind == "bind" {
-        let src = Path::new(&m.source);
-        let leaf = if std::fs::metadata(src)?.is_dir() {
-            Leaf::Dir
-        } else {
-            Leaf::File
+fn plan_fail(e: mountplan::PlanError) -> Fail {
+    fail(e.what)(e.source)
+}
+
+/// The kernel under a plan's steps before `pivot_root`: every target resolved inside the
+/// rootfs (see `mounts`).
+struct InRoot<'a>(BorrowedFd<'a>);
+
+impl MountOps for InRoot<'_> {
+    fn source_is_dir(&self, source: &Path) -> io::Result<bool> {
+        Ok(std::fs::metadata(source)?.is_dir())
+    }
+    fn host_device(&self, path: &str) -> io::Result<(char, u32, u32)> {
+        let st = rustix::fs::stat(path)?;
+        let kind = match FileType::from_raw_mode(st.st_mode) {
+            FileType::BlockDevice => 'b',
+            FileType::CharacterDevice => 'c',
+            _ => '-',
         };
-        let target = mounts::ensure(root, &m.destination, leaf)?;
-        // Volumes and the /etc files never carry usable device nodes: a node made on a
-        // volume (the container has CAP_MKNOD) must not open the host's disks.
-        let tree = mounts::bind_tree(
-            src,
-            BindFlags {
-                readonly: ro,
-                nodev: true,
-            },
-        )?;
-        return mounts::attach(&tree, &target);
+        Ok((
+            kind,
+            rustix::fs::major(st.st_rdev),
+            rustix::fs::minor(st.st_rdev),
+        ))
     }
-    let tree = match mounts::new_fs(&m.kind, &m.options) {
-        Ok(t) => t,
-        // In a user namespace without a network namespace of its own (`--network host`
-        // without root) the kernel refuses a new sysfs: the host's, read-only, as podman does.
-        Err(e) if m.kind == "sysfs" && e.raw_os_error() == Some(libc::EPERM) => mounts::bind_tree(
-            Path::new("/sys"),
-            BindFlags {
-                readonly: true,
-                nodev: true,
-            },
-        )?,
-        // devpts's gid=5 (tty) is not mapped when only the user is (no subordinate ids).
-        Err(e)
-            if m.kind == "devpts"
-                && e.raw_os_error() == Some(libc::EINVAL)
-                && m.options.iter().any(|o| o.starts_with("gid=")) =>
-        {
-            let options: Vec<String> = m
-                .options
-                .iter()
-                .filter(|o| !o.starts_with("gid="))
-                .cloned()
-                .collect();
-            mounts::new_fs(&m.kind, &options)?
-        }
-        // A kernel without POSIX message queues: no /dev/mqueue, as runc does.
-        Err(e) if m.kind == "mqueue" && e.raw_os_error() == Some(libc::ENODEV) => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    let target = mounts::ensure(root, &m.destination, Leaf::Dir)?;
-    if !mounts::is_dir(&target)? {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "the target is not a directory",
-        ));
-    }
-    mounts::attach(&tree, &target)
-}
-
-/// The container's device nodes: bind mounts of the host's own nodes (null, zero, full,
-/// random, urandom, tty) onto empty files of the `nodev` /dev tmpfs. Each bind is a mount of
-/// the host's devtmpfs, so it opens; a node the container makes itself (it has CAP_MKNOD, as
-/// under Docker) lands on a `nodev` mount — /dev, the rootfs, tmpfs mounts, volumes — and
-/// cannot be opened. This holds on any cgroup version and without root.
-fn make_devices(root: BorrowedFd<'_>, spec: &Spec) -> io::Result<()> {
-    for d in &spec.linux.devices {
-        let host = rustix::fs::stat(d.path.as_str()).map_err(|e| {
-            io::Error::other(format!("the host's {}: {}", d.path, io::Error::from(e)))
-        })?;
-        let kind = FileType::from_raw_mode(host.st_mode);
-        let want = if d.kind == "b" {
-            FileType::BlockDevice
-        } else {
-            FileType::CharacterDevice
-        };
-        if kind != want
-            || rustix::fs::major(host.st_rdev) != d.major
-            || rustix::fs::minor(host.st_rdev) != d.minor
-        {
-            return Err(io::Error::other(format!(
-                "the host's {} is not device {}:{}",
-                d.path, d.major, d.minor
-            )));
-        }
-        let target = mounts::ensure(root, &d.path, Leaf::File)?;
-        let tree = mounts::bind_tree(
-            Path::new(&d.path),
-            BindFlags {
-                readonly: false,
-                nodev: false,
-            },
-        )?;
-        mounts::attach(&tree, &target)?;
-    }
-    let dev = mounts::ensure(root, "/dev", Leaf::Dir)?;
-    for (name, target) in [
-        ("ptmx", "pts/ptmx"),
-        ("fd", "/proc/self/fd"),
-        ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"),
-        ("stderr", "/proc/self/fd/2"),
-    ] {
-        match rustix::fs::symlinkat(target, &dev, name) {
-            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-            Err(e) => return Err(e.into()),
+    fn kind_of(&self, path: &str) -> io::Result<Option<bool>> {
+        match mounts::resolve(self.0, path) {
+            Ok(fd) => mounts::is_dir(&fd).map(Some),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
         }
     }
-    Ok(())
-}
-
-fn mask(path: &str) -> io::Result<()> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    let tree = if meta.is_dir() {
-        mounts::new_fs(
-            "tmpfs",
-            &["ro", "nosuid", "nodev", "noexec", "size=0"].map(String::from),
-        )?
-    } else {
-        mounts::bind_tree(
-            Path::new("/dev/null"),
-            BindFlags {
-                readonly: false,
-                nodev: false,
-            },
-        )?
-    };
-    mounts::attach_path(&tree, path)
-}
-
-fn readonly(path: &str) -> io::Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
+    fn bind(
+        &mut self,
+        source: &Path,
+        target: &str,
+        leaf: Leaf,
+        flags: BindFlags,
+    ) -> io::Result<()> {
+        let target = mounts::ensure(self.0, target, leaf)?;
+        let tree = mounts::bind_tree(source, flags)?;
+        mounts::attach(&tree, &target)
     }
-    let tree = mounts::bind_tree(
-        Path::new(path),
-        BindFlags {
-            readonly: true,
-            nodev: false,
-        },
-    )?;
-    mounts::attach_path(&tree, path)
+    fn new_fs(&mut self, kind: &str, options: &[String], target: &str) -> io::Result<()> {
+        let tree = mounts::new_fs(kind, options)?;
+        let target = mounts::ensure(self.0, target, Leaf::Dir)?;
+        if !mounts::is_dir(&target)? {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the target is not a directory",
+            ));
+        }
+        mounts::attach(&tree, &target)
+    }
+    fn symlink(&mut self, target: &str, link: &str) -> io::Result<()> {
+        let (dir, name) = link.rsplit_once('/').unwrap_or(("", link));
+        let dir = mounts::ensure(self.0, if dir.is_empty() { "/" } else { dir }, Leaf::Dir)?;
+        match rustix::fs::symlinkat(target, &dir, name) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+    fn ensure_dir(&mut self, path: &str) -> io::Result<()> {
+        mounts::ensure(self.0, path, Leaf::Dir).map(drop)
+    }
+}
+
+/// The kernel under a plan's steps after `pivot_root`: paths of the new root (its own /proc
+/// and /sys), nothing created.
+struct AtNewRoot;
+
+impl MountOps for AtNewRoot {
+    fn source_is_dir(&self, source: &Path) -> io::Result<bool> {
+        Ok(std::fs::metadata(source)?.is_dir())
+    }
+    fn host_device(&self, _: &str) -> io::Result<(char, u32, u32)> {
+        Err(io::Error::other("no device nodes after pivot_root"))
+    }
+    fn kind_of(&self, path: &str) -> io::Result<Option<bool>> {
+        match std::fs::symlink_metadata(path) {
+            Ok(m) => Ok(Some(m.is_dir())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+    fn bind(&mut self, source: &Path, target: &str, _: Leaf, flags: BindFlags) -> io::Result<()> {
+        mounts::attach_path(&mounts::bind_tree(source, flags)?, target)
+    }
+    fn new_fs(&mut self, kind: &str, options: &[String], target: &str) -> io::Result<()> {
+        mounts::attach_path(&mounts::new_fs(kind, options)?, target)
+    }
+    fn symlink(&mut self, _: &str, link: &str) -> io::Result<()> {
+        Err(io::Error::other(format!(
+            "{link}: nothing is made after pivot_root"
+        )))
+    }
+    fn ensure_dir(&mut self, path: &str) -> io::Result<()> {
+        Err(io::Error::other(format!(
+            "{path}: nothing is made after pivot_root"
+        )))
+    }
 }
 
 /// The last steps of starting a process in the container (also used by `exec`, already

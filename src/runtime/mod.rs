@@ -4,8 +4,10 @@
 //! - `store`: the records under `<root>/containers/<id>/`; `spec`: the OCI-shaped
 //!   `config.json` and how it is built from the image and the options; `volumes`.
 //! - `shim`: the detached per-container process that serves the FUSE rootfs and supervises
-//!   the container; `init`: the container's first process up to `execve`; `mounts`: safe
-//!   mounting inside an untrusted rootfs; `cgroups`; `exec`; `logs`.
+//!   the container; `init`: the container's first process up to `execve`; `mountplan`: what
+//!   is mounted where (through the `MountOps` seam, unit-tested without root); `mounts`: safe
+//!   mounting inside an untrusted rootfs; `userns`: the id maps of containers without root;
+//!   `cgroups`; `exec`; `logs`.
 //!
 //! A stopped container leaves no process and no mount: its mounts only ever exist in its own
 //! mount namespace, which dies with it; the shim exits after it. A shim that died (`kill -9`)
@@ -16,6 +18,7 @@ pub mod cgroups;
 pub mod exec;
 pub mod init;
 pub mod logs;
+pub mod mountplan;
 pub mod mounts;
 pub mod names;
 pub mod seccomp;
