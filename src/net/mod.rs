@@ -7,7 +7,8 @@
 //! with the command line and its stderr.
 //!
 //! - Networks: `bridge` (the default, device `strata0`, 10.213.0.0/24), `host`, `none`, and
-//!   user networks (`<root>/networks/<name>.json`, each its own bridge `strataN`).
+//!   user networks (`<root>/networks/<name>.json`, each its own bridge `strataN`); bridges and
+//!   the base rules are `bridge`'s, the recorded choice at `create` is `plan`'s.
 //! - Leases: host-wide under [`RUN_DIR`] (a bridge is a host-wide thing: two state roots share
 //!   `strata0`), one file per address, written under one host-wide lock; a lease whose
 //!   container's shim no longer holds its shim lock is stale and is reclaimed, with its rules.
@@ -19,12 +20,13 @@
 //!   anybody else's rule.
 //! - Names: on a user network, each running member's `/etc/hosts` (a bind-mounted file of its
 //!   state directory) is rewritten in place as peers start and stop.
-//! - Without root (`pasta`, `rootless`, `proxy`): the default network is a pasta per
-//!   container; user networks live in the user's own network namespace (the same bridges,
+//! - Without root (`pasta`, `slirp`, `rootless`, `proxy`): the default network is a pasta
+//!   (or slirp4netns) per container; user networks live in the user's own network namespace (the same bridges,
 //!   veths and rules, every command run inside it), reached from outside through pasta, their
 //!   published ports through a proxy in the shim; state under the user's runtime directory
 //!   ([`run_dir`]).
 
+mod bridge;
 pub mod cmd;
 mod hosts;
 pub mod pasta;
@@ -45,6 +47,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tracing::{info, info_span, warn};
 
+use bridge::{delete_tagged, ensure_bridge, remove_bridge};
+#[cfg(test)]
+use bridge::{ensure_base, net_rules};
 pub(crate) use cmd::{ok, run};
 pub use hosts::hosts_file;
 pub use plan::plan;
@@ -412,235 +417,6 @@ fn host_prefixes() -> Result<Vec<(Ipv4Addr, u8)>, NetError> {
         }
     }
     Ok(v)
-}
-
-// ---------------------------------------------------------------------------------------
-// Bridges and iptables base rules
-
-fn ipt(table: &str, args: &[&str]) -> Result<(), NetError> {
-    let mut a = vec!["-w", "5", "-t", table];
-    a.extend_from_slice(args);
-    run("iptables", &a).map(|_| ())
-}
-
-/// `-C` then `-A`/`-I`: adds a rule once.
-fn ipt_ensure(table: &str, op: &[&str], rule: &[&str]) -> Result<(), NetError> {
-    let chain = op[op.len() - 1];
-    let chain = if op[0] == "-I" { op[1] } else { chain };
-    let mut check = vec!["-w", "5", "-t", table, "-C", chain];
-    check.extend_from_slice(rule);
-    if ok("iptables", &check) {
-        return Ok(());
-    }
-    let mut a = op.to_vec();
-    a.extend_from_slice(rule);
-    ipt(table, &a)
-}
-
-fn ensure_chain(table: &str, chain: &str) -> Result<(), NetError> {
-    if ok("iptables", &["-w", "5", "-t", table, "-n", "-L", chain]) {
-        return Ok(());
-    }
-    ipt(table, &["-N", chain])
-}
-
-/// strata's base chains and jumps (idempotent).
-fn ensure_base() -> Result<(), NetError> {
-    ensure_chain("nat", "STRATA")?;
-    ensure_chain("nat", "STRATA-POSTROUTING")?;
-    ensure_chain("filter", "STRATA-FORWARD")?;
-    ensure_chain("filter", "STRATA-INPUT")?;
-    let local = ["-m", "addrtype", "--dst-type", "LOCAL", "-j", "STRATA"];
-    ipt_ensure("nat", &["-A", "PREROUTING"], &local)?;
-    ipt_ensure("nat", &["-A", "OUTPUT"], &local)?;
-    ipt_ensure("nat", &["-A", "POSTROUTING"], &["-j", "STRATA-POSTROUTING"])?;
-    ipt_ensure("filter", &["-I", "FORWARD", "1"], &["-j", "STRATA-FORWARD"])?;
-    ipt_ensure("filter", &["-I", "INPUT", "1"], &["-j", "STRATA-INPUT"])?;
-    // `route_localnet` (which `localhost:PORT` needs for the replies that come back from
-    // the bridge to 127.0.0.1) would also let a container send new packets to the host's
-    // 127.0.0.1 services (CVE-2020-8558): drop what arrives from a bridge for 127.0.0.0/8
-    // unless it belongs to a connection the host opened, as Kubernetes does.
-    ipt_ensure(
-        "filter",
-        &["-A", "STRATA-INPUT"],
-        &[
-            "-i",
-            "strata+",
-            "-d",
-            "127.0.0.0/8",
-            "-m",
-            "conntrack",
-            "!",
-            "--ctstate",
-            "RELATED,ESTABLISHED,DNAT",
-            "-j",
-            "DROP",
-        ],
-    )?;
-    let fwd: [&[&str]; 4] = [
-        &[
-            "-o",
-            "strata+",
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "RELATED,ESTABLISHED",
-            "-j",
-            "ACCEPT",
-        ],
-        &[
-            "-o",
-            "strata+",
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "DNAT",
-            "-j",
-            "ACCEPT",
-        ],
-        &["-i", "strata+", "-o", "strata+", "-j", "DROP"],
-        &["-i", "strata+", "-j", "ACCEPT"],
-    ];
-    for r in fwd {
-        ipt_ensure("filter", &["-A", "STRATA-FORWARD"], r)?;
-    }
-    Ok(())
-}
-
-fn net_rules(n: &Network) -> Vec<(&'static str, Vec<String>)> {
-    let tag = format!("strata-net:{}", n.bridge);
-    let s = |v: &[&str]| -> Vec<String> {
-        let mut v: Vec<String> = v.iter().map(|x| x.to_string()).collect();
-        v.extend(["-m", "comment", "--comment", &tag].map(String::from));
-        v
-    };
-    let (sub, br) = (n.subnet.as_str(), n.bridge.as_str());
-    vec![
-        // Outbound: masquerade behind the host's address.
-        ("nat", s(&["-s", sub, "!", "-o", br, "-j", "MASQUERADE"])),
-        // localhost:PORT and host → container through a published port.
-        (
-            "nat",
-            s(&[
-                "-o",
-                br,
-                "-m",
-                "addrtype",
-                "--src-type",
-                "LOCAL",
-                "-j",
-                "MASQUERADE",
-            ]),
-        ),
-        // Hairpin: a container reaching a published port of its own network.
-        (
-            "nat",
-            s(&[
-                "-s",
-                sub,
-                "-o",
-                br,
-                "-m",
-                "conntrack",
-                "--ctstate",
-                "DNAT",
-                "-j",
-                "MASQUERADE",
-            ]),
-        ),
-        // Members of one network (bridged traffic, if br_netfilter is loaded).
-        ("filter", s(&["-i", br, "-o", br, "-j", "ACCEPT"])),
-    ]
-}
-
-/// The bridge of `n` with its gateway address, up, and its rules.
-fn ensure_bridge(n: &Network) -> Result<(), NetError> {
-    let _s = info_span!("bridge", name = n.bridge).entered();
-    ensure_base()?;
-    let (_, len) = n.prefix()?;
-    if !link_exists(&n.bridge) {
-        run("ip", &["link", "add", &n.bridge, "type", "bridge"])?;
-        info!("bridge created");
-    }
-    let addr = format!("{}/{len}", n.gateway);
-    let have = run("ip", &["-4", "-o", "addr", "show", "dev", &n.bridge])?;
-    if !have.contains(&format!(" {addr} ")) {
-        run("ip", &["addr", "add", &addr, "dev", &n.bridge])?;
-    }
-    run("ip", &["link", "set", &n.bridge, "up"])?;
-    set_sysctl(
-        &format!("/proc/sys/net/ipv4/conf/{}/route_localnet", n.bridge),
-        "1",
-    )?;
-    let p = "/proc/sys/net/ipv4/ip_forward";
-    if rootless_mode()
-        || std::fs::read_to_string(p)
-            .map(|s| s.trim() != "1")
-            .unwrap_or(true)
-    {
-        set_sysctl(p, "1")?;
-    }
-    for (table, rule) in net_rules(n) {
-        let r: Vec<&str> = rule.iter().map(String::as_str).collect();
-        if table == "nat" {
-            ipt_ensure(table, &["-A", "STRATA-POSTROUTING"], &r)?;
-        } else {
-            ipt_ensure(table, &["-I", "STRATA-FORWARD", "1"], &r)?;
-        }
-    }
-    Ok(())
-}
-
-fn remove_bridge(n: &Network) -> Result<(), NetError> {
-    for (table, rule) in net_rules(n) {
-        let chain = if table == "nat" {
-            "STRATA-POSTROUTING"
-        } else {
-            "STRATA-FORWARD"
-        };
-        let mut a = vec!["-w", "5", "-t", table, "-D", chain];
-        a.extend(rule.iter().map(String::as_str));
-        // Bounded: a rule added twice by hand is removed too, but never loop forever.
-        for _ in 0..16 {
-            if !ok("iptables", &a) {
-                break;
-            }
-        }
-    }
-    if link_exists(&n.bridge) {
-        run("ip", &["link", "del", &n.bridge])?;
-    }
-    Ok(())
-}
-
-/// Deletes every rule in strata's chains whose comment is exactly `tag`.
-fn delete_tagged(tag: &str) -> Result<usize, NetError> {
-    let mut n = 0;
-    for table in ["nat", "filter"] {
-        let Ok(save) = run("iptables-save", &["-t", table]) else {
-            continue;
-        };
-        for line in save.lines() {
-            let Some(rest) = line.strip_prefix("-A ") else {
-                continue;
-            };
-            if !rest.starts_with("STRATA") {
-                continue;
-            }
-            let args: Vec<&str> = rest.split_whitespace().collect();
-            let Some(i) = args.iter().position(|a| *a == "--comment") else {
-                continue;
-            };
-            if args.get(i + 1).map(|c| c.trim_matches('"')) != Some(tag) {
-                continue;
-            }
-            let mut a = vec!["-w", "5", "-t", table, "-D"];
-            a.extend(args.iter().map(|s| s.trim_matches('"')));
-            run("iptables", &a)?;
-            n += 1;
-        }
-    }
-    Ok(n)
 }
 
 // ---------------------------------------------------------------------------------------
