@@ -55,6 +55,17 @@ pub fn in_initial_user_namespace() -> bool {
         .unwrap_or(false)
 }
 
+/// Where the system's package manager installs a program strata runs (pasta, slirp4netns,
+/// newuidmap, iptables, …): the bin and sbin directories, whatever the caller's PATH (an
+/// ordinary user's PATH has no sbin on Debian, and a setuid helper must not be looked up
+/// along a user's PATH anyway).
+pub fn system_program(name: &str) -> Option<PathBuf> {
+    ["/usr/bin", "/bin", "/usr/sbin", "/sbin", "/usr/local/bin"]
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
 /// The effective uid of this process.
 pub fn euid() -> u32 {
     rustix::process::geteuid().as_raw()

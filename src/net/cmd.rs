@@ -23,17 +23,13 @@ pub trait Runner {
 /// The host: every command is a process.
 pub struct Host;
 
-/// Where `prog` is: on PATH, else in the sbin directories, which an ordinary user's PATH
-/// leaves out on Debian (iptables is /usr/sbin/iptables).
+/// Where `prog` is (`paths::system_program`: an ordinary user's PATH on Debian has no
+/// /usr/sbin, where iptables is); a name not found there is left to PATH.
 fn locate(prog: &str) -> String {
     if prog.contains('/') {
         return prog.to_string();
     }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(std::path::PathBuf::from))
-        .map(|d| d.join(prog))
-        .find(|p| p.is_file())
+    crate::paths::system_program(prog)
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| prog.to_string())
 }

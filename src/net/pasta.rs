@@ -37,10 +37,7 @@ pub(super) struct Record {
 
 /// The pasta binary, where Debian's `passt` puts it.
 fn binary() -> Option<PathBuf> {
-    ["/usr/bin", "/bin", "/usr/local/bin"]
-        .iter()
-        .map(|d| Path::new(d).join("pasta"))
-        .find(|p| p.is_file())
+    crate::paths::system_program("pasta")
 }
 
 /// Whether rootless containers can have a network other than `none` and `host` here.

@@ -136,16 +136,11 @@ fn live_users() -> Vec<String> {
     live
 }
 
-/// The `sleep` that holds the namespace: a fresh process image with no descriptor of ours.
-fn sleep_binary() -> Option<&'static str> {
-    ["/usr/bin/sleep", "/bin/sleep"]
-        .into_iter()
-        .find(|p| Path::new(p).is_file())
-}
-
 fn start_holder(map_ids: MapIds<'_>) -> Result<Holder, NetError> {
     let fail = |msg: String| NetError::Rootless(format!("the user's network namespace: {msg}"));
-    let sleep = sleep_binary().ok_or_else(|| fail("no sleep binary".into()))?;
+    // The `sleep` that holds the namespace: a fresh process image with no descriptor of ours.
+    let sleep =
+        crate::paths::system_program("sleep").ok_or_else(|| fail("no sleep binary".into()))?;
     let (go_r, go_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| fail(format!("pipe: {e}")))?;
     use rustix::thread::UnshareFlags as U;
@@ -171,7 +166,7 @@ fn start_holder(map_ids: MapIds<'_>) -> Result<Holder, NetError> {
                 let _ = rustix::stdio::dup2_stderr(n);
             }
             let (Ok(path), Ok(a0), Ok(a1)) = (
-                CString::new(sleep),
+                CString::new(sleep.as_os_str().as_encoded_bytes()),
                 CString::new("sleep"),
                 CString::new("infinity"),
             ) else {

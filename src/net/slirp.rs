@@ -29,10 +29,7 @@ const READY_WITHIN: Duration = Duration::from_secs(20);
 
 /// The slirp4netns binary, where Debian's package puts it.
 fn binary() -> Option<PathBuf> {
-    ["/usr/bin", "/bin", "/usr/local/bin"]
-        .iter()
-        .map(|d| Path::new(d).join("slirp4netns"))
-        .find(|p| p.is_file())
+    crate::paths::system_program("slirp4netns")
 }
 
 /// Whether slirp4netns is installed.

@@ -167,10 +167,7 @@ fn lines(m: &[IdRange]) -> String {
 
 /// The setuid helper `name` where Debian's `uidmap` installs it.
 fn helper(name: &str) -> Option<std::path::PathBuf> {
-    ["/usr/bin", "/bin", "/usr/local/bin"]
-        .iter()
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
+    crate::paths::system_program(name)
 }
 
 fn run_helper(name: &str, pid: i32, map: &[IdRange]) -> Result<(), RuntimeError> {
