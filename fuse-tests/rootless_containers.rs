@@ -33,6 +33,13 @@ fn subuid_range() -> (u64, u64) {
     (f[1].parse().unwrap(), f[2].parse().unwrap())
 }
 
+/// A JSON record `file` in the state directory of container `id`.
+fn record(u: &UserSession, id: &str, file: &str) -> serde_json::Value {
+    let path = u.state_root().join("containers").join(id).join(file);
+    let text = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_slice(&text).unwrap()
+}
+
 /// Whether process `pid` (host) still runs (a zombie waiting to be reaped does not).
 fn alive(pid: i64) -> bool {
     let Ok(pid) = i32::try_from(pid) else {
@@ -164,17 +171,7 @@ fn published_ports_and_volumes_work_through_pasta_and_go_with_the_container() {
         u.user.uid,
         "root inside writes as the user outside"
     );
-    let pasta: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(
-            u.state_root()
-                .join("containers")
-                .join(id.trim())
-                .join("pasta.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    let pasta_pid = pasta["pid"].as_i64().unwrap();
+    let pasta_pid = record(&u, id.trim(), "pasta.json")["pid"].as_i64().unwrap();
     assert!(alive(pasta_pid));
     u.strata_ok(&["rm", "-f", "web"]);
     assert!(!alive(pasta_pid), "pasta outlived its container");
@@ -415,8 +412,8 @@ fn user_networks_resolve_names_are_isolated_publish_ports_and_leave_nothing() {
         &std::fs::read(u.path("run/strata/net/holder.json")).expect("the holder's record"),
     )
     .unwrap();
-    let holder_pid = holder["pid"].as_i64().unwrap();
-    let pasta_pid = holder["pasta_pid"].as_i64().unwrap();
+    let holder_pid = holder["holder"]["pid"].as_i64().unwrap();
+    let pasta_pid = holder["pasta"]["pid"].as_i64().unwrap();
     assert!(alive(holder_pid) && alive(pasta_pid));
     u.strata_ok(&["rm", "-f", "db"]);
     assert!(!u.path("run/strata/net/holder.json").exists());
@@ -468,17 +465,9 @@ fn slirp4netns_is_the_other_user_mode_network() {
         http_get(&format!("127.0.0.1:{port}"), "/")
     });
     assert_eq!(body, "through slirp4netns\n");
-    let rec: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(
-            u.state_root()
-                .join("containers")
-                .join(id.trim())
-                .join("slirp4netns.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    let slirp = rec["pid"].as_i64().unwrap();
+    let slirp = record(&u, id.trim(), "slirp4netns.json")["pid"]
+        .as_i64()
+        .unwrap();
     assert!(alive(slirp));
     u.strata_ok(&["rm", "-f", "web"]);
     assert!(!alive(slirp), "slirp4netns outlived its container");

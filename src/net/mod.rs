@@ -28,6 +28,7 @@
 
 mod bridge;
 pub mod cmd;
+mod helper;
 mod hosts;
 pub mod pasta;
 mod plan;

@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-use tracing::{info, info_span, warn};
+use tracing::{info, info_span};
 
+use super::helper::Helper;
 use super::ports::{self, Mapping};
 use super::{Attached, DEFAULT_NETWORK, Member, NET_RECORD, NetError};
 
@@ -27,13 +27,6 @@ const PASTA_RECORD: &str = "pasta.json";
 pub const PASTA: &str = "pasta";
 /// How long pasta may take to set up the namespace and its ports.
 const READY_WITHIN: Duration = Duration::from_secs(20);
-
-/// A helper process of a container (pasta, slirp4netns), recorded by PID and start time.
-#[derive(Debug, Serialize, Deserialize)]
-pub(super) struct Record {
-    pub(super) pid: i32,
-    pub(super) start: u64,
-}
 
 /// The pasta binary, where Debian's `passt` puts it.
 fn binary() -> Option<PathBuf> {
@@ -100,8 +93,8 @@ fn arguments(maps: &[Mapping], pid: i32, pid_file: &Path) -> Vec<String> {
 
 /// Connects the user's network namespace, held by `pid`, to the outside (nothing forwarded
 /// into it: published ports of user networks go through strata's proxy); once ready, returns
-/// pasta's PID and start time.
-pub fn connect_holder(pid: i32) -> Result<(i32, u64), NetError> {
+/// pasta, recorded.
+pub(super) fn connect_holder(pid: i32) -> Result<Helper, NetError> {
     let Some(bin) = binary() else {
         return Err(NetError::Rootless(
             "user networks without root reach the outside through pasta, which is not \
@@ -111,30 +104,11 @@ pub fn connect_holder(pid: i32) -> Result<(i32, u64), NetError> {
     };
     let dir = super::run_dir();
     std::fs::create_dir_all(&dir).map_err(super::io_err(&dir))?;
-    let pid_file = dir.join("holder-pasta.pid");
-    let _ = std::fs::remove_file(&pid_file);
-    let log = dir.join("holder-pasta.log");
-    let err = std::fs::File::create(&log).map_err(super::io_err(&log))?;
-    let child = Command::new(&bin)
-        .args(arguments(&[], pid, &pid_file))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(err)
-        .spawn()
-        .map_err(|e| cmd_err(&bin, e.to_string()))?;
-    let mut s = Starting {
-        child,
-        bin,
-        pid_file,
-        log,
-        dir,
-        maps: vec![],
-        done: false,
-    };
+    let mut s = spawn(bin, vec![], pid, &dir, "holder-pasta")?;
     let daemon = s.wait_ready()?;
     s.done = true;
     let _ = std::fs::remove_file(&s.pid_file);
-    Ok((daemon, crate::sys::process_start_time(daemon).unwrap_or(0)))
+    Ok(Helper::of(daemon))
 }
 
 /// pasta and slirp4netns make the container's interface through /dev/net/tun, which minimal
@@ -176,9 +150,8 @@ impl Drop for Starting {
         if let Some(pid) = std::fs::read_to_string(&self.pid_file)
             .ok()
             .and_then(|s| s.trim().parse::<i32>().ok())
-            && let Some(start) = crate::sys::process_start_time(pid)
         {
-            detach_record(&Record { pid, start });
+            Helper::of(pid).end();
         }
         let _ = std::fs::remove_file(&self.pid_file);
     }
@@ -198,9 +171,21 @@ pub fn start(m: &Member<'_>, pid: i32) -> Result<Starting, NetError> {
     };
     tun_usable("pasta")?;
     let maps = ports::resolve(&m.net.ports, &[])?;
-    let pid_file = m.dir.join("pasta.pid");
+    spawn(bin, maps, pid, m.dir, "pasta")
+}
+
+/// Starts `bin` for the namespaces of `pid` forwarding `maps`, its PID file and log as
+/// `NAME.pid` and `NAME.log` in `dir`.
+fn spawn(
+    bin: PathBuf,
+    maps: Vec<Mapping>,
+    pid: i32,
+    dir: &Path,
+    name: &str,
+) -> Result<Starting, NetError> {
+    let pid_file = dir.join(format!("{name}.pid"));
     let _ = std::fs::remove_file(&pid_file);
-    let log = m.dir.join("pasta.log");
+    let log = dir.join(format!("{name}.log"));
     let err = std::fs::File::create(&log).map_err(super::io_err(&log))?;
     let child = Command::new(&bin)
         .args(arguments(&maps, pid, &pid_file))
@@ -214,7 +199,7 @@ pub fn start(m: &Member<'_>, pid: i32) -> Result<Starting, NetError> {
         bin,
         pid_file,
         log,
-        dir: m.dir.to_path_buf(),
+        dir: dir.to_path_buf(),
         maps,
         done: false,
     })
@@ -225,13 +210,8 @@ impl Starting {
     pub fn finish(mut self) -> Result<Attached, NetError> {
         let _s = info_span!("pasta_ready").entered();
         let daemon = self.wait_ready()?;
-        let record = Record {
-            pid: daemon,
-            start: crate::sys::process_start_time(daemon).unwrap_or(0),
-        };
         let rp = self.dir.join(PASTA_RECORD);
-        std::fs::write(&rp, serde_json::to_vec(&record).expect("serializable"))
-            .map_err(super::io_err(&rp))?;
+        Helper::of(daemon).save(&rp).map_err(super::io_err(&rp))?;
         self.done = true;
         let _ = std::fs::remove_file(&self.pid_file);
         let attached = Attached {
@@ -301,35 +281,7 @@ fn cmd_err(bin: &Path, msg: String) -> NetError {
 
 /// Ends the container's pasta (if it still runs and is still the one recorded).
 pub fn detach(dir: &Path) {
-    stop_recorded(&dir.join(PASTA_RECORD));
-}
-
-/// Ends the process recorded at `rp` (if it still runs and is still that one), bounded, and
-/// removes the record.
-pub(super) fn stop_recorded(rp: &Path) {
-    if let Some(r) = std::fs::read(rp)
-        .ok()
-        .and_then(|t| serde_json::from_slice::<Record>(&t).ok())
-    {
-        detach_record(&r);
-    }
-    let _ = std::fs::remove_file(rp);
-}
-
-fn detach_record(r: &Record) {
-    if crate::sys::process_runs(r.pid, r.start)
-        && let Some(p) = rustix::process::Pid::from_raw(r.pid)
-    {
-        if let Err(e) = rustix::process::kill_process(p, rustix::process::Signal::TERM) {
-            warn!(pid = r.pid, error = %e, "ending pasta");
-        }
-        // Not our child (it forked away): wait for it to go (its ports free), bounded; as a
-        // zombie it is gone, whenever its parent reaps it.
-        let until = Instant::now() + Duration::from_secs(5);
-        while crate::sys::process_runs(r.pid, r.start) && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
+    Helper::end_recorded(&dir.join(PASTA_RECORD));
 }
 
 #[cfg(test)]

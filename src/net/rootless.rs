@@ -13,11 +13,11 @@
 use std::ffi::CString;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tracing::{info, info_span, warn};
+use tracing::{info, info_span};
 
+use super::helper::Helper;
 use super::{MEMBER_LOCK, NetError, io_err};
 use crate::sys::container::{self as csys, Fork};
 
@@ -26,26 +26,25 @@ const HOLDER: &str = "holder.json";
 /// The containers that use the namespace, one file per container ID holding its directory.
 const USERS: &str = "users";
 
+/// The process holding the namespace and the pasta connecting it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Holder {
-    pid: i32,
-    start: u64,
-    pasta_pid: i32,
-    pasta_start: u64,
+    holder: Helper,
+    pasta: Helper,
 }
 
 fn holder_record() -> Option<Holder> {
     let t = std::fs::read(super::run_dir().join(HOLDER)).ok()?;
     let h: Holder = serde_json::from_slice(&t).ok()?;
-    crate::sys::process_runs(h.pid, h.start).then_some(h)
+    h.holder.runs().then_some(h)
 }
 
 /// The user namespace and network namespace of the running holder, if any.
 pub fn namespaces() -> Option<(PathBuf, PathBuf)> {
     let h = holder_record()?;
     Some((
-        PathBuf::from(format!("/proc/{}/ns/user", h.pid)),
-        PathBuf::from(format!("/proc/{}/ns/net", h.pid)),
+        PathBuf::from(format!("/proc/{}/ns/user", h.holder.pid)),
+        PathBuf::from(format!("/proc/{}/ns/net", h.holder.pid)),
     ))
 }
 
@@ -103,7 +102,7 @@ pub fn enter(id: &str, dir: &Path, map_ids: MapIds<'_>) -> Result<PathBuf, NetEr
             }
         },
     };
-    Ok(PathBuf::from(format!("/proc/{}/ns/user", h.pid)))
+    Ok(PathBuf::from(format!("/proc/{}/ns/user", h.holder.pid)))
 }
 
 /// Container `id` no longer uses the namespace; the last one out ends it. Call with the net
@@ -204,10 +203,8 @@ fn start_holder(map_ids: MapIds<'_>) -> Result<Holder, NetError> {
         }
     };
     let h = Holder {
-        pid,
-        start: crate::sys::process_start_time(pid).unwrap_or(0),
-        pasta_pid: pasta.0,
-        pasta_start: pasta.1,
+        holder: Helper::of(pid),
+        pasta,
     };
     let p = super::run_dir().join(HOLDER);
     if let Err(e) = std::fs::write(&p, serde_json::to_vec(&h).expect("serializable")) {
@@ -216,26 +213,15 @@ fn start_holder(map_ids: MapIds<'_>) -> Result<Holder, NetError> {
     }
     info!(
         holder = pid,
-        pasta = h.pasta_pid,
+        pasta = h.pasta.pid,
         "user network namespace started"
     );
     Ok(h)
 }
 
 fn stop(h: &Holder) {
-    for (pid, start) in [(h.pasta_pid, h.pasta_start), (h.pid, h.start)] {
-        if crate::sys::process_runs(pid, start)
-            && let Some(p) = rustix::process::Pid::from_raw(pid)
-        {
-            if let Err(e) = rustix::process::kill_process(p, rustix::process::Signal::TERM) {
-                warn!(pid, error = %e, "ending the user network namespace");
-            }
-            let until = Instant::now() + Duration::from_secs(5);
-            while crate::sys::process_runs(pid, start) && Instant::now() < until {
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        }
-    }
+    h.pasta.end();
+    h.holder.end();
 }
 
 fn stop_holder() {
@@ -245,7 +231,7 @@ fn stop_holder() {
         .and_then(|t| serde_json::from_slice::<Holder>(&t).ok())
     {
         stop(&h);
-        info!(holder = h.pid, "user network namespace ended");
+        info!(holder = h.holder.pid, "user network namespace ended");
     }
     let _ = std::fs::remove_file(&p);
 }

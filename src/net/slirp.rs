@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use tracing::{info, info_span};
 
+use super::helper::Helper;
 use super::ports::{self, Mapping};
 use super::{Attached, DEFAULT_NETWORK, Member, NET_RECORD, NetError};
 
@@ -174,13 +175,8 @@ impl Starting {
             ports: std::mem::take(&mut self.maps),
         };
         let pid = self.child.id() as i32;
-        let record = super::pasta::Record {
-            pid,
-            start: crate::sys::process_start_time(pid).unwrap_or(0),
-        };
         let rp = self.dir.join(SLIRP_RECORD);
-        std::fs::write(&rp, serde_json::to_vec(&record).expect("serializable"))
-            .map_err(super::io_err(&rp))?;
+        Helper::of(pid).save(&rp).map_err(super::io_err(&rp))?;
         let rec = self.dir.join(NET_RECORD);
         std::fs::write(
             &rec,
@@ -205,7 +201,7 @@ impl Starting {
 /// Ends the container's slirp4netns now (it would end with the shim anyway), so that its
 /// ports are free when `rm` returns.
 pub fn detach(dir: &Path) {
-    super::pasta::stop_recorded(&dir.join(SLIRP_RECORD));
+    Helper::end_recorded(&dir.join(SLIRP_RECORD));
 }
 
 /// `add_hostfwd` through slirp4netns's API socket.
