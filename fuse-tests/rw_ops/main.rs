@@ -99,6 +99,7 @@ scenarios! {
     name_max: kernel_name_max, strata_name_max;
     deep_paths_beyond_path_max: kernel_deep_paths_beyond_path_max, strata_deep_paths_beyond_path_max;
     non_root_permissions: kernel_non_root_permissions, strata_non_root_permissions;
+    setuid_bits_dropped: kernel_setuid_bits_dropped, strata_setuid_bits_dropped;
     persistence_across_remount: kernel_persistence_across_remount, strata_persistence_across_remount;
     create_unlink_churn: kernel_create_unlink_churn, strata_create_unlink_churn;
     bad_layer_input: kernel_bad_layer_input, strata_bad_layer_input;

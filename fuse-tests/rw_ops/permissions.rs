@@ -82,6 +82,19 @@ pub(crate) mod child {
         })
     }
 
+    pub fn truncate(p: &str) -> Op {
+        let p = c(p);
+        // SAFETY: as above.
+        Box::new(move || call(|| unsafe { libc::truncate(p.as_ptr(), 0) }))
+    }
+
+    /// `lchown(path, -1, gid)`.
+    pub fn chgrp(p: &str, gid: u32) -> Op {
+        let p = c(p);
+        // SAFETY: as above.
+        Box::new(move || call(|| unsafe { libc::lchown(p.as_ptr(), u32::MAX, gid) }))
+    }
+
     pub fn setxattr(p: &str) -> Op {
         let p = c(p);
         let n = c("user.x");
@@ -275,4 +288,134 @@ pub(crate) fn non_root_permissions(b: &dyn Backend) {
     assert_eq!(lstat(&m.p("srv/perms/sticky-dir/by-1001")).uid(), 1001);
     enoent(&m.p("srv/perms/sticky-dir/owned-by-user"));
     assert!(read(&m.p("etc/passwd")).starts_with(b"root:"));
+}
+
+/// The setuid and setgid bits go as the kernel drops them on its own file systems. Strata asks
+/// the kernel to leave this to the file system (FUSE_HANDLE_KILLPRIV_V2: one GETATTR less per
+/// chown), so it applies the kernel's rules itself: a write or truncate by a caller without
+/// CAP_FSETID drops setuid, and setgid when the group may execute or the caller is not in the
+/// file's group; chown drops setuid whoever calls, and setgid by the same group rule;
+/// directories keep theirs.
+pub(crate) fn setuid_bits_dropped(b: &dyn Backend) {
+    use libc::O_WRONLY;
+    #[derive(Clone, Copy, Debug)]
+    enum Act {
+        UserWrites,
+        RootWrites,
+        UserTruncates,
+        RootTruncates,
+        RootChowns,
+        UserChownsGroup,
+    }
+    use Act::*;
+    // (name, owner uid = gid, mode before, what happens, mode after)
+    let cases: &[(&str, u32, u32, Act, u32)] = &[
+        ("user-writes", 0, 0o6777, UserWrites, 0o777),
+        ("user-writes-sgid-noexec", 0, 0o6766, UserWrites, 0o766),
+        (
+            "user-writes-own-sgid-noexec",
+            1000,
+            0o6766,
+            UserWrites,
+            0o2766,
+        ),
+        ("user-writes-plain", 0, 0o777, UserWrites, 0o777),
+        ("root-writes", 0, 0o6777, RootWrites, 0o6777),
+        ("user-truncates", 0, 0o6777, UserTruncates, 0o777),
+        ("root-truncates", 0, 0o6777, RootTruncates, 0o6777),
+        ("root-chowns", 0, 0o6755, RootChowns, 0o755),
+        ("root-chowns-sgid-noexec", 0, 0o6644, RootChowns, 0o2644),
+        ("user-chowns-group", 1000, 0o6754, UserChownsGroup, 0o754),
+    ];
+    let mut m = b.mount();
+    let dir = m.p("home/user/suid");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let rel = |name: &str| format!("home/user/suid/{name}");
+    let mut wrong = Vec::new();
+    for &(name, owner, before, act, after) in cases {
+        let p = m.p(&rel(name));
+        std::fs::write(&p, b"0123456789").unwrap();
+        std::os::unix::fs::lchown(&p, Some(owner), Some(owner)).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(before)).unwrap();
+        assert_eq!(lstat(&p).mode() & 0o7777, before, "{name}: set up");
+        let rc = match act {
+            UserWrites => as_user(1000, 1000, &m.mnt, child::open(&rel(name), O_WRONLY)),
+            UserTruncates => as_user(1000, 1000, &m.mnt, child::truncate(&rel(name))),
+            UserChownsGroup => as_user(1000, 1000, &m.mnt, child::chgrp(&rel(name), 1000)),
+            RootWrites => {
+                let f = OpenOptions::new().write(true).open(&p).unwrap();
+                f.write_at(b"x", 3).unwrap();
+                0
+            }
+            RootTruncates => {
+                truncate(&p, 0).unwrap();
+                0
+            }
+            RootChowns => {
+                std::os::unix::fs::lchown(&p, Some(1000), Some(1000)).unwrap();
+                0
+            }
+        };
+        assert_eq!(
+            rc,
+            0,
+            "{name}: {act:?}: {}",
+            io::Error::from_raw_os_error(rc)
+        );
+        let got = lstat(&p).mode() & 0o7777;
+        if got != after {
+            wrong.push(format!(
+                "{name} ({act:?}): {before:04o} became {got:04o}, want {after:04o}"
+            ));
+        }
+    }
+    // A directory keeps its setgid bit through chown.
+    let d = m.p("home/user/suid/dir");
+    std::fs::create_dir(&d).unwrap();
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o2755)).unwrap();
+    std::os::unix::fs::lchown(&d, Some(1000), Some(1000)).unwrap();
+    let got = lstat(&d).mode() & 0o7777;
+    if got != 0o2755 {
+        wrong.push(format!("dir (chown): 2755 became {got:04o}"));
+    }
+    // A lower file (its data copied up by the write) loses them the same way.
+    let lower = m.p("home/user/notes.txt");
+    std::fs::set_permissions(&lower, std::fs::Permissions::from_mode(0o6770)).unwrap();
+    assert_eq!(
+        as_user(
+            1001,
+            1001,
+            &m.mnt,
+            child::open("home/user/notes.txt", O_WRONLY)
+        ),
+        EACCES
+    );
+    std::fs::set_permissions(&lower, std::fs::Permissions::from_mode(0o6777)).unwrap();
+    assert_eq!(
+        as_user(
+            1001,
+            1001,
+            &m.mnt,
+            child::open("home/user/notes.txt", O_WRONLY)
+        ),
+        0
+    );
+    let got = lstat(&lower).mode() & 0o7777;
+    if got != 0o777 {
+        wrong.push(format!(
+            "lower notes.txt (write by 1001): 6777 became {got:04o}"
+        ));
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // What was dropped stays dropped after a remount.
+    m.remount();
+    assert_eq!(
+        lstat(&m.p("home/user/suid/user-writes")).mode() & 0o7777,
+        0o777
+    );
+    assert_eq!(
+        lstat(&m.p("home/user/suid/root-writes")).mode() & 0o7777,
+        0o6777
+    );
 }

@@ -1,7 +1,8 @@
 //! The merged view of an image's layers, served over FUSE.
 //!
 //! Owns the overlay semantics (`tree`), the read-only FUSE adapter (`fuse`), the writable
-//! view over one writable layer (`view`) and its FUSE adapter (`rwfuse`), the change set of
+//! view over one writable layer (`view`) and its FUSE adapter (`rwfuse`, with `caller`: what
+//! `/proc` says of the process behind a request), the change set of
 //! a writable view (`changes`: Docker's A/C/D, as a layer tar, served to other processes),
 //! the rules for where a mount may go, and what this user may do with FUSE (`access`: the
 //! device, `fusermount3`, `allow_other`, passthrough). Must never modify a read-only layer,
@@ -10,6 +11,7 @@
 //! containers.
 
 pub mod access;
+mod caller;
 pub mod changes;
 mod fuse;
 mod rwfuse;

@@ -1,14 +1,17 @@
 //! The FUSE adapter for a writable merged view: each request becomes one call on [`View`].
 //!
-//! Nothing here decides semantics; it converts types, keeps file and directory handles, and
-//! picks the cache flags. Reads and writes go through userspace: with FUSE passthrough the
+//! Nothing here decides semantics; it converts types, keeps directory handles, and picks the
+//! cache flags. Reads and writes go through userspace: with FUSE passthrough the
 //! kernel allows one backing file per inode, and a lower file being copied up would need two.
 //! FLUSH is answered `ENOSYS`, which turns it off for the connection: `close` costs no round
 //! trip (write-behind errors are reported at `fsync`, as the kernel reports writeback errors).
-//! OPEN is answered `ENOSYS` too (no OPEN/RELEASE round trips for opening existing files; the
-//! kernel keeps their page cache): an unlinked file stays alive while the kernel holds a
-//! reference to it (every entry reply counts one, FORGET drops them), which covers open files.
-//! Without atomic O_TRUNC the kernel truncates with SETATTR.
+//! OPEN and CREATE are answered `ENOSYS` too: opening a file costs no round trip (the kernel
+//! keeps its page cache), a new file is one MKNOD, and no file is ever RELEASEd. An unlinked
+//! file stays alive while the kernel holds a reference to it (every entry reply counts one,
+//! FORGET drops them), which covers open files.
+//! Without atomic O_TRUNC the kernel truncates with SETATTR. `FUSE_HANDLE_KILLPRIV_V2` leaves
+//! dropping setuid/setgid bits on write, truncate and chown to strata (the view applies the
+//! kernel's rules, `view::setid`): the kernel's own check cost a GETATTR per chown.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -25,7 +28,9 @@ use fuser::{
 };
 use tracing::instrument;
 
+use super::caller;
 use super::fuse::{reply_sized, to_time};
+use super::view::setid;
 use super::view::{Attr, Caller, SetAttr, View};
 use crate::rwlayer::{FileKind, Ts};
 
@@ -39,8 +44,6 @@ type DirSnapshot = Arc<Vec<(Box<[u8]>, u64, FileKind)>>;
 /// The writable file system of one mount.
 pub struct WritableFs {
     view: Arc<View>,
-    /// Open files: handle → inode.
-    files: Mutex<HashMap<u64, u64>>,
     /// Open directories: a listing taken when a reader starts at offset 0, so entries removed
     /// while it walks the directory never make it skip others (`rm -rf`). `None` until then
     /// (a warm walk whose listing the kernel has cached never reads it).
@@ -54,7 +57,6 @@ impl WritableFs {
         view.start_write_behind();
         WritableFs {
             view,
-            files: Mutex::default(),
             dirs: Mutex::default(),
             next_fh: AtomicU64::new(1),
         }
@@ -92,6 +94,37 @@ impl WritableFs {
 
     fn fh(&self) -> u64 {
         self.next_fh.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The mode a chown or a truncate leaves on `ino` when it drops a setuid or setgid bit,
+    /// by the kernel's rules ([`setid`]), which the kernel leaves to strata
+    /// (`FUSE_HANDLE_KILLPRIV_V2`). `None`: nothing to drop. (`fchown(fd, -1, -1)` comes
+    /// without an owner, so it drops nothing here, where the kernel's own file systems drop
+    /// the bits.)
+    fn setid_dropped(
+        &self,
+        ino: u64,
+        caller: &caller::Caller,
+        chown: bool,
+        truncate: bool,
+    ) -> Option<u32> {
+        if !chown && !truncate {
+            return None;
+        }
+        let a = self.view.getattr(ino).ok()?;
+        if !setid::has_setid(a.perm) {
+            return None;
+        }
+        let bits = if chown && a.kind != FileKind::Dir {
+            setid::dropped(a.perm, a.gid, &|g| {
+                caller.can_fsetid() || caller.in_group(g)
+            })
+        } else if truncate && a.kind == FileKind::File && !caller.can_fsetid() {
+            setid::dropped(a.perm, a.gid, &|g| caller.in_group(g))
+        } else {
+            0
+        };
+        (bits != 0).then(|| u32::from(a.perm & !bits))
     }
 
     /// The view this file system serves (the shim answers `diff` from it).
@@ -161,6 +194,14 @@ fn time_or_now(t: TimeOrNow) -> Ts {
     }
 }
 
+fn caller(req: &Request) -> caller::Caller {
+    caller::Caller {
+        pid: req.pid(),
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
 fn who(req: &Request) -> Caller {
     Caller {
         uid: req.uid(),
@@ -176,7 +217,8 @@ impl Filesystem for WritableFs {
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_MAX_PAGES;
+            | InitFlags::FUSE_MAX_PAGES
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         let _ = config.add_capabilities(wanted & config.capabilities());
         Ok(())
     }
@@ -209,7 +251,7 @@ impl Filesystem for WritableFs {
     #[instrument(level = "debug", skip_all, fields(ino = ino.0))]
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -225,6 +267,14 @@ impl Filesystem for WritableFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let mode = mode.or_else(|| {
+            self.setid_dropped(
+                ino.0,
+                &caller(req),
+                uid.is_some() || gid.is_some(),
+                size.is_some(),
+            )
+        });
         let set = SetAttr {
             mode,
             uid,
@@ -374,44 +424,20 @@ impl Filesystem for WritableFs {
         reply.error(Errno::ENOSYS);
     }
 
-    #[instrument(level = "debug", skip_all, fields(parent = parent.0, name = ?name))]
+    /// `ENOSYS` once turns CREATE off for the connection: the kernel makes new files with
+    /// MKNOD and opens them without a round trip (OPEN is off too), so a created file costs no
+    /// RELEASE either.
     fn create(
         &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
         _umask: u32,
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let a = match self.view.make(
-            who(req),
-            parent.0,
-            name.as_bytes(),
-            mode | libc::S_IFREG,
-            0,
-            None,
-        ) {
-            Ok(a) => a,
-            Err(x) => return reply.error(e(x)),
-        };
-        if let Err(x) = self.view.open(a.ino) {
-            return reply.error(e(x));
-        }
-        self.view.remember(&[a.ino]);
-        let fh = self.fh();
-        self.files
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(fh, a.ino);
-        reply.created(
-            &TTL,
-            &fattr(&a),
-            Generation(0),
-            FileHandle(fh),
-            FopenFlags::FOPEN_KEEP_CACHE,
-        );
+        reply.error(Errno::ENOSYS);
     }
 
     #[instrument(level = "debug", skip_all, fields(ino = ino.0, offset, size))]
@@ -435,17 +461,25 @@ impl Filesystem for WritableFs {
     #[instrument(level = "debug", skip_all, fields(ino = ino.0, offset, len = data.len()))]
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.view.write(ino.0, offset, data) {
+        // The kernel flags the writes of callers without CAP_FSETID (FUSE_HANDLE_KILLPRIV_V2).
+        let written = if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+            let caller = caller(req);
+            self.view
+                .write_as(ino.0, offset, data, Some(&|g| caller.in_group(g)))
+        } else {
+            self.view.write(ino.0, offset, data)
+        };
+        match written {
             Ok(n) => reply.written(n),
             Err(x) => reply.error(e(x)),
         }
@@ -461,27 +495,6 @@ impl Filesystem for WritableFs {
         reply: ReplyEmpty,
     ) {
         reply.error(Errno::ENOSYS);
-    }
-
-    #[instrument(level = "debug", skip_all, fields(ino = ino.0))]
-    fn release(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        _flush: bool,
-        reply: ReplyEmpty,
-    ) {
-        self.files
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&fh.0);
-        match self.view.release(ino.0) {
-            Ok(()) => reply.ok(),
-            Err(x) => reply.error(e(x)),
-        }
     }
 
     #[instrument(level = "debug", skip_all, fields(ino = ino.0, datasync))]

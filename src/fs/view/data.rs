@@ -10,6 +10,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
+use super::setid::{self, InGroup};
 use super::{Attr, INLINE_MAX, OPEN_FILES, Res, State, View, io_errno, layer_errno};
 use crate::rwlayer::{CHUNK, Data, FileKind, Inode, Ts};
 
@@ -364,6 +365,18 @@ impl View {
     }
 
     pub fn write(&self, ino: u64, offset: u64, data: &[u8]) -> Res<u32> {
+        self.write_as(ino, offset, data, None)
+    }
+
+    /// [`View::write`] by a caller without CAP_FSETID (`drop_setid` says whether it is in a
+    /// group): the file's setuid and setgid bits go by [`setid`]'s rules.
+    pub fn write_as(
+        &self,
+        ino: u64,
+        offset: u64,
+        data: &[u8],
+        drop_setid: Option<InGroup>,
+    ) -> Res<u32> {
         let end = offset.checked_add(data.len() as u64).ok_or(libc::EFBIG)?;
         let now = Ts::now();
         let back = {
@@ -386,6 +399,7 @@ impl View {
                     i.size = i.size.max(end);
                     i.mtime = now;
                     i.ctime = now;
+                    drop_setid_bits(i, drop_setid);
                     return Ok(data.len() as u32);
                 }
                 Data::None | Data::Inline(_) | Data::Backing => {
@@ -403,6 +417,7 @@ impl View {
                     i.size = i.size.max(end);
                     i.mtime = now;
                     i.ctime = now;
+                    drop_setid_bits(&mut i, drop_setid);
                     self.put(&mut st, ino, i);
                     return Ok(data.len() as u32);
                 }
@@ -415,6 +430,7 @@ impl View {
             i.size = i.size.max(end);
             i.mtime = now;
             i.ctime = now;
+            drop_setid_bits(i, drop_setid);
             st.dirty.inode(ino);
         }
         Ok(data.len() as u32)
@@ -496,6 +512,15 @@ impl View {
         }
         self.write_behind()?;
         self.layer.flush().map_err(layer_errno)
+    }
+}
+
+/// Drops the setuid and setgid bits a write by a caller without CAP_FSETID drops.
+fn drop_setid_bits(i: &mut Inode, drop_setid: Option<InGroup>) {
+    if let Some(in_group) = drop_setid
+        && setid::has_setid(i.perm)
+    {
+        i.perm &= !setid::dropped(i.perm, i.gid, in_group);
     }
 }
 

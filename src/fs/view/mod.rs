@@ -28,6 +28,7 @@ use tracing::warn;
 
 mod data;
 mod names;
+pub mod setid;
 mod writeback;
 
 use super::tree::{MergedTree, Node, NodeKind};
