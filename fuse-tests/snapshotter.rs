@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use strata::snapshotter::SnapshotMount;
 use strata_testkit::{MountGuard, Out, kill9, output_within, sample_image, strata_bin, wait_exit};
 
 const NAMESPACE: &str = "strata-test";
@@ -775,6 +776,7 @@ fn bad_requests_get_containerds_error_codes() {
     use std::collections::HashMap;
     use std::os::unix::ffi::OsStrExt;
     use strata::snapshotter::{Kind, SNAPSHOT_REF, SnapshotError, Snapshotter};
+    let bind = |m: SnapshotMount| m.bind().expect("a bind mount").clone();
 
     fn code<T: std::fmt::Debug>(r: Result<T, SnapshotError>) -> Code {
         Status::from(r.expect_err("must fail")).code()
@@ -788,7 +790,7 @@ fn bad_requests_get_containerds_error_codes() {
     let s = Snapshotter::open(&state, &mounts).expect("open");
 
     // An active snapshot on nothing: an empty writable file system.
-    let a = s.create(Kind::Active, "a", "", none()).expect("prepare");
+    let a = bind(s.create(Kind::Active, "a", "", none()).expect("prepare"));
     assert!(!a.read_only && a.source.starts_with(&mounts));
     std::fs::write(a.source.join("f"), b"in a\n").expect("write");
     // Committed through a pipe: a file bigger than the pipe's buffer, and a first entry whose
@@ -844,7 +846,7 @@ fn bad_requests_get_containerds_error_codes() {
     assert_eq!(code(s.stat("a")), Code::NotFound);
     assert_eq!(s.stat("c").expect("stat").labels["k"], "v");
     assert_eq!(code(s.mounts("c")), Code::FailedPrecondition);
-    let v = s.create(Kind::View, "v", "c", none()).expect("view");
+    let v = bind(s.create(Kind::View, "v", "c", none()).expect("view"));
     assert!(v.read_only);
     assert_eq!(std::fs::read(v.source.join("f")).expect("read"), b"in a\n");
     assert!(std::fs::read(v.source.join("big")).expect("read big") == big);
@@ -891,7 +893,8 @@ fn bad_requests_get_containerds_error_codes() {
     let x = s
         .create(Kind::Active, "ns1/5/extract-a", "", r.clone())
         .expect("unpack");
-    std::fs::write(x.source.join("layer-file"), b"once\n").expect("write");
+    let (_, upper, _) = overlay(&x);
+    std::fs::write(upper.join("layer-file"), b"once\n").expect("write");
     s.commit("ns1/6/sha256:chain1", "ns1/5/extract-a", r.clone())
         .expect("commit");
     assert_eq!(
@@ -927,6 +930,276 @@ fn bad_requests_get_containerds_error_codes() {
         .flatten()
         .collect();
     assert!(left.is_empty(), "{left:?}");
+    drop(s);
+    let base = dir.path().to_string_lossy().into_owned();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(!mountinfo.contains(&base), "{mountinfo}");
+}
+
+/// The directories of an extraction snapshot's overlay mount: (lower, upper, work).
+fn overlay(m: &SnapshotMount) -> (PathBuf, PathBuf, PathBuf) {
+    match m {
+        SnapshotMount::Overlay { lower, upper, work } => {
+            (lower.clone(), upper.clone(), work.clone())
+        }
+        SnapshotMount::Bind(b) => panic!("an overlay mount expected, not {b:?}"),
+    }
+}
+
+/// Sets an xattr (as containerd's applier does on an upper directory).
+fn set_xattr(path: &Path, name: &str, value: &[u8]) {
+    rustix::fs::lsetxattr(path, name, value, rustix::fs::XattrFlags::empty()).expect("setxattr");
+}
+
+/// Kernel overlayfs, mounted with the options of an overlay `SnapshotMount`.
+fn mount_overlay(m: &SnapshotMount, target: &Path) -> MountGuard {
+    let (lower, upper, work) = overlay(m);
+    std::fs::create_dir_all(target).expect("mkdir");
+    let st = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o"])
+        .arg(format!(
+            "index=off,workdir={},upperdir={},lowerdir={}",
+            work.display(),
+            upper.display(),
+            lower.display()
+        ))
+        .arg(target)
+        .status()
+        .expect("mount");
+    assert!(st.success(), "mount -t overlay");
+    MountGuard(target.to_path_buf())
+}
+
+/// Extraction snapshots (containerd's unpacker: `ns/N/extract-…` keys) through the library:
+/// an overlay mount whose upper directory is written directly (as containerd's applier
+/// does, whiteouts as 0/0 character devices and opaque directories as an xattr), whose lower
+/// directory is the parent's read-only view (an empty directory for none); correct when
+/// mounted with kernel overlayfs; kept across a restart of the snapshotter; committed into a
+/// layer whose view shows exactly what the overlay showed; removed with its directories and
+/// its mount.
+#[test]
+fn extraction_snapshots_write_into_a_plain_upper_directory() {
+    use rustix::fs::{CWD, FileType, Mode, makedev, mknodat};
+    use std::collections::HashMap;
+    use std::os::unix::fs::MetadataExt;
+    use strata::snapshotter::{Kind, Snapshotter};
+
+    let dir = tempfile::Builder::new()
+        .prefix("strata-snap-x-")
+        .tempdir()
+        .expect("tempdir");
+    let (state, mounts) = (dir.path().join("state"), dir.path().join("mounts"));
+    let none = HashMap::new;
+    let s = Snapshotter::open(&state, &mounts).expect("open");
+
+    // A base layer, unpacked as containerd does: into the upper directory, no mount.
+    let m = s
+        .create(Kind::Active, "ns/1/extract-1 sha256:base", "", none())
+        .expect("prepare");
+    let (lower, upper, work) = overlay(&m);
+    assert!(lower.is_dir() && work.is_dir() && upper.is_dir());
+    assert_eq!(
+        std::fs::read_dir(&lower).expect("lower").count(),
+        0,
+        "no parent: an empty lower directory"
+    );
+    assert!(upper.starts_with(&state) && !lower.starts_with(&mounts));
+    for d in ["etc", "keep", "opq", "opq/sub"] {
+        std::fs::create_dir(upper.join(d)).expect("mkdir");
+    }
+    for (f, data) in [
+        ("etc/gone", "deleted above\n"),
+        ("keep/a", "kept\n"),
+        ("opq/old", "hidden above\n"),
+        ("opq/sub/old2", "hidden above\n"),
+    ] {
+        std::fs::write(upper.join(f), data).expect("write");
+    }
+    std::fs::hard_link(upper.join("keep/a"), upper.join("keep/b")).expect("link");
+    std::os::unix::fs::symlink("a", upper.join("keep/to-a")).expect("symlink");
+    std::fs::set_permissions(upper.join("keep"), std::fs::Permissions::from_mode(0o710))
+        .expect("chmod");
+    rustix::fs::chown(
+        upper.join("keep"),
+        Some(rustix::fs::Uid::from_raw(1000)),
+        Some(rustix::fs::Gid::from_raw(1000)),
+    )
+    .expect("chown");
+    set_xattr(&upper.join("keep/a"), "user.note", b"xattr kept");
+    s.commit("ns/2/sha256:base", "ns/1/extract-1 sha256:base", none())
+        .expect("commit base");
+    assert!(
+        !s.list(&[])
+            .expect("list")
+            .iter()
+            .any(|r| r.key.contains("extract"))
+    );
+
+    // The next layer, on that parent: its lower directory is the parent's read-only view.
+    let key = "ns/3/extract-2 sha256:top";
+    let m = s
+        .create(Kind::Active, key, "ns/2/sha256:base", none())
+        .expect("prepare");
+    let (lower, upper, _) = overlay(&m);
+    assert!(lower.starts_with(&mounts), "{lower:?}");
+    assert_eq!(
+        std::fs::read(lower.join("keep/a")).expect("parent file"),
+        b"kept\n"
+    );
+    assert!(
+        std::fs::write(lower.join("x"), b"x").is_err(),
+        "the lower view is read-only"
+    );
+    // What OverlayConvertWhiteout and the tar make: a whiteout, an opaque directory with a
+    // new file, a new file in a lower directory (its parent copied up with the lower's
+    // attributes, as the applier's mkparent does).
+    std::fs::create_dir(upper.join("etc")).expect("mkdir");
+    mknodat(
+        CWD,
+        upper.join("etc/gone"),
+        FileType::CharacterDevice,
+        Mode::from_raw_mode(0o600),
+        makedev(0, 0),
+    )
+    .expect("whiteout");
+    std::fs::create_dir(upper.join("opq")).expect("mkdir");
+    set_xattr(&upper.join("opq"), "trusted.overlay.opaque", b"y");
+    std::fs::write(upper.join("opq/new"), b"above\n").expect("write");
+    std::fs::create_dir(upper.join("keep")).expect("mkdir");
+    std::fs::set_permissions(upper.join("keep"), std::fs::Permissions::from_mode(0o710))
+        .expect("chmod");
+    rustix::fs::chown(
+        upper.join("keep"),
+        Some(rustix::fs::Uid::from_raw(1000)),
+        Some(rustix::fs::Gid::from_raw(1000)),
+    )
+    .expect("chown");
+    std::fs::write(upper.join("keep/c"), b"new in a lower dir\n").expect("write");
+
+    // A restart of the snapshotter: the record and the upper directory stay; the lower view
+    // is mounted again at the next Mounts.
+    drop(s);
+    assert!(
+        !lower.join("keep").exists(),
+        "the lower view is unmounted with the snapshotter"
+    );
+    let s = Snapshotter::open(&state, &mounts).expect("reopen");
+    let rec = s.stat(key).expect("stat after restart");
+    assert_eq!((rec.kind, rec.upper), (Kind::Active, true));
+    let m2 = s.mounts(key).expect("mounts after restart");
+    assert_eq!(m2, m);
+    assert!(s.usage(key).expect("usage").inodes >= 6);
+
+    // Mounted with kernel overlayfs (containerd's applier does not, but anyone may): the
+    // parent's tree with the upper directory's changes.
+    let listing = |root: &Path| -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).expect("readdir") {
+                let p = e.expect("entry").path();
+                let md = std::fs::symlink_metadata(&p).expect("lstat");
+                let data = if md.is_file() {
+                    std::fs::read(&p).expect("read")
+                } else {
+                    Vec::new()
+                };
+                let mut v = [0u8; 64];
+                let note = rustix::fs::lgetxattr(&p, "user.note", &mut v[..])
+                    .map(|len| String::from_utf8_lossy(&v[..len]).into_owned())
+                    .ok();
+                out.push(format!(
+                    "{} {:o} {}:{} {} {:?} {:?} {:?}",
+                    p.strip_prefix(root).expect("under").display(),
+                    md.mode(),
+                    md.uid(),
+                    md.gid(),
+                    if md.is_dir() { 0 } else { md.len() },
+                    std::fs::read_link(&p).ok(),
+                    String::from_utf8_lossy(&data),
+                    note,
+                ));
+                if md.is_dir() {
+                    stack.push(p);
+                }
+            }
+        }
+        out.sort();
+        out
+    };
+    let kernel = {
+        let g = mount_overlay(&m2, &dir.path().join("ovl"));
+        assert!(!g.0.join("etc/gone").exists(), "whited out");
+        assert!(
+            !g.0.join("opq/old").exists() && !g.0.join("opq/sub").exists(),
+            "opaque"
+        );
+        assert_eq!(
+            std::fs::read(g.0.join("opq/new")).expect("read"),
+            b"above\n"
+        );
+        listing(&g.0)
+    };
+    // The kernel's mount wrote its work directory only: the upper directory is a layer still.
+    let snapdir = upper.parent().expect("snapshot dir").to_path_buf();
+    s.commit("ns/4/sha256:top", key, none())
+        .expect("commit top");
+    assert!(s.stat(key).is_err());
+    assert!(
+        !snapdir.exists(),
+        "the extraction snapshot's directory is deleted"
+    );
+    assert!(!lower.exists(), "its lower view is unmounted");
+    let v = s
+        .create(Kind::View, "view", "ns/4/sha256:top", none())
+        .expect("view");
+    let v = v.bind().expect("a view is a bind").clone();
+    let strata_tree = listing(&v.source);
+    // The root's own attributes are the mounts', not the layers'.
+    assert_eq!(strata_tree, kernel);
+    assert!(
+        kernel.iter().any(|l| l.starts_with("keep 40710 1000:1000")),
+        "{kernel:?}"
+    );
+    assert!(
+        kernel
+            .iter()
+            .any(|l| l.starts_with("keep/a ") && l.contains("xattr kept")),
+        "{kernel:?}"
+    );
+
+    // An unpack that never finishes (containerd died): its snapshot stays until removed, and
+    // removing it deletes its directories and unmounts its lower view.
+    let dead = "ns/5/extract-3 sha256:never";
+    let m = s
+        .create(Kind::Active, dead, "ns/4/sha256:top", none())
+        .expect("prepare");
+    let (lower, upper, _) = overlay(&m);
+    std::fs::write(upper.join("half"), b"half a layer").expect("write");
+    drop(s);
+    let s = Snapshotter::open(&state, &mounts).expect("reopen");
+    assert!(s.stat(dead).expect("kept").upper);
+    s.mounts(dead).expect("mounts");
+    assert!(lower.join("keep/c").exists());
+    s.remove(dead).expect("remove");
+    assert!(!upper.exists() && !lower.exists());
+    // A directory without a record (a crash mid-Prepare) goes at Cleanup.
+    let m = s
+        .create(Kind::Active, "ns/6/extract-4 x", "", none())
+        .expect("prepare");
+    let (_, upper, _) = overlay(&m);
+    let snapdir = upper.parent().expect("snapshot dir").to_path_buf();
+    std::fs::remove_file(snapdir.join("info.json")).expect("rm record");
+    drop(s);
+    let s = Snapshotter::open(&state, &mounts).expect("reopen");
+    assert!(snapdir.exists());
+    s.cleanup().expect("cleanup");
+    assert!(!snapdir.exists());
+
+    for k in ["view", "ns/4/sha256:top", "ns/2/sha256:base"] {
+        s.remove(k).expect("remove");
+    }
+    assert!(s.list(&[]).expect("list").is_empty());
     drop(s);
     let base = dir.path().to_string_lossy().into_owned();
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");

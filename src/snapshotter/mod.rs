@@ -37,7 +37,10 @@ use std::path::PathBuf;
 
 pub use grpc::{ServeOptions, serve};
 pub use record::{Kind, Record};
-pub use snapshots::{BindMount, SNAPSHOT_REF, Snapshotter, Usage};
+pub use snapshots::{
+    BindMount, SNAPSHOT_REF, SnapshotMount, Snapshotter, UNPACK_KEY_PREFIX, Usage,
+    is_extraction_key,
+};
 
 /// Why a snapshot operation failed; each maps to the gRPC code containerd expects.
 #[derive(Debug, thiserror::Error)]
