@@ -1205,3 +1205,218 @@ fn extraction_snapshots_write_into_a_plain_upper_directory() {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     assert!(!mountinfo.contains(&base), "{mountinfo}");
 }
+
+/// Lists the container's root file system (not /proc, /sys, /dev): per path its type, mode,
+/// owner, and for a file its size, mtime, inode and content hash, for a symlink its target,
+/// for a device its numbers. Busybox only (the sample image's base layer).
+const LIST_TREE: &str = r#"cd / && /bin/busybox find . -xdev | /bin/busybox sort | while IFS= read -r p; do
+  case "$p" in ./proc|./sys|./dev|./proc/*|./sys/*|./dev/*) continue ;; esac
+  if [ -L "$p" ]; then echo "$p L $(/bin/busybox stat -c '%a %u %g' "$p") $(/bin/busybox readlink "$p")"
+  elif [ -d "$p" ]; then echo "$p D $(/bin/busybox stat -c '%a %u %g' "$p")"
+  elif [ -f "$p" ]; then echo "$p F $(/bin/busybox stat -c '%a %u %g %s %Y %i' "$p") $(/bin/busybox sha256sum "$p" | /bin/busybox cut -c1-16)"
+  else echo "$p O $(/bin/busybox stat -c '%F %a %u %g %t %T' "$p")"; fi
+done"#;
+
+/// [`LIST_TREE`]'s output with each file's inode number replaced by the first path that has
+/// it (hard links stay visible, inode numbers differ between file systems).
+fn hard_link_groups(listing: &str) -> Vec<String> {
+    let mut first: std::collections::HashMap<String, String> = Default::default();
+    listing
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            if f.len() >= 9 && f[f.len() - 8] == "F" {
+                let n = f.len();
+                let path = f[..n - 8].join(" ");
+                let group = first.entry(f[n - 2].to_string()).or_insert(path).clone();
+                let mut g = f.clone();
+                g[n - 2] = &group;
+                return g.join(" ");
+            }
+            l.to_string()
+        })
+        .collect()
+}
+
+/// A layer tar of `entries`: (path, kind) with kind `dir MODE UID`, `file CONTENT`,
+/// `link TARGET` (hard), `sym TARGET`, or `marker` (an empty whiteout or opaque marker file).
+fn layer_tar(path: &Path, entries: &[(&str, &str)]) {
+    let mut b = tar::Builder::new(std::fs::File::create(path).expect("create layer"));
+    for (name, kind) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_mtime(1_767_225_600);
+        h.set_mode(0o644);
+        h.set_size(0);
+        let (what, arg) = kind.split_once(' ').unwrap_or((kind, ""));
+        match what {
+            "dir" => {
+                let (mode, uid) = arg.split_once(' ').expect("dir MODE UID");
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(u32::from_str_radix(mode, 8).expect("mode"));
+                let uid: u64 = uid.parse().expect("uid");
+                h.set_uid(uid);
+                h.set_gid(uid);
+                b.append_data(&mut h, name, std::io::empty()).expect("dir");
+            }
+            "file" | "marker" => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(arg.len() as u64);
+                b.append_data(&mut h, name, arg.as_bytes()).expect("file");
+            }
+            "link" | "sym" => {
+                h.set_entry_type(if what == "link" {
+                    tar::EntryType::Link
+                } else {
+                    tar::EntryType::Symlink
+                });
+                b.append_link(&mut h, name, arg).expect("link");
+            }
+            _ => panic!("unknown entry kind {kind}"),
+        }
+    }
+    b.into_inner().expect("finish layer");
+}
+
+/// Unpack through strata (containerd's applier writes each layer into the plain upper
+/// directory of an extraction snapshot, and Commit turns it into a strata layer): a container
+/// sees exactly the tree a container on containerd's own overlayfs snapshotter (kernel
+/// overlayfs over the same layers) sees. Two images: one whose top layer deletes a lower
+/// file, replaces a directory with an opaque one and adds to a lower directory it does not
+/// declare (its attributes come from the layer below), and the sample image (hard links,
+/// special files, setuid bits, whiteouts of files, directories and hard-link names, a file
+/// replaced by a directory and back).
+#[test]
+fn unpacked_layers_show_what_kernel_overlayfs_shows() {
+    let env = Env::new();
+    let work = env.p("image");
+    std::fs::create_dir_all(&work).expect("mkdir");
+    let (l1, l2) = (work.join("l1.tar"), work.join("l2.tar"));
+    layer_tar(
+        &l1,
+        &[
+            ("d/", "dir 755 0"),
+            ("d/a", "file file in d\n"),
+            ("d/sub/", "dir 755 0"),
+            ("d/sub/b", "file file in d/sub\n"),
+            ("f", "file deleted above\n"),
+            ("e/", "dir 700 1000"),
+            ("e/x", "file lower file in e\n"),
+            ("h1", "file two names\n"),
+            ("h2", "link h1"),
+            ("s", "sym d/a"),
+        ],
+    );
+    layer_tar(
+        &l2,
+        &[
+            (".wh.f", "marker"),
+            ("d/", "dir 750 1000"),
+            ("d/.wh..wh..opq", "marker"),
+            ("d/new", "file file only this in d\n"),
+            ("e/y", "file upper file in e\n"),
+            ("g/", "dir 755 0"),
+            ("g/z", "file file in a new dir\n"),
+        ],
+    );
+    let base = strata_testkit::sample_layers()[0].clone();
+    let oci = work.join("oci");
+    let st = Command::new("python3")
+        .arg(strata_testkit::repo().join("tools/bench_image.py"))
+        .arg("oci")
+        .arg(&oci)
+        .args(["--name", "unpack-test:latest"])
+        .args([&base, &l1, &l2])
+        .stdout(Stdio::null())
+        .status()
+        .expect("python3");
+    assert!(st.success(), "tools/bench_image.py oci");
+    let archive = work.join("unpack-test.oci.tar");
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(&oci)
+        .arg("-cf")
+        .arg(&archive)
+        .arg(".")
+        .status()
+        .expect("tar");
+    assert!(st.success(), "tar");
+    let sample = sample_image().join("sample.oci.tar");
+
+    let mut n = 0;
+    for (image, archive) in [("unpack-test:latest", &archive), (IMAGE, &sample)] {
+        let mut trees = Vec::new();
+        for snapshotter in ["strata", "overlayfs"] {
+            let a = archive.to_str().expect("UTF-8");
+            env.ok(&["images", "import", "--snapshotter", snapshotter, a]);
+            n += 1;
+            let id = format!("list-{n}");
+            let out = env.ok(&[
+                "run",
+                "--rm",
+                "--snapshotter",
+                snapshotter,
+                image,
+                &id,
+                "/bin/busybox",
+                "sh",
+                "-c",
+                LIST_TREE,
+            ]);
+            trees.push(hard_link_groups(&out));
+        }
+        let (strata, overlay) = (&trees[0], &trees[1]);
+        assert!(overlay.len() > 20, "{overlay:?}");
+        let diff: Vec<String> = strata
+            .iter()
+            .filter(|l| !overlay.contains(l))
+            .map(|l| format!("strata only:   {l}"))
+            .chain(
+                overlay
+                    .iter()
+                    .filter(|l| !strata.contains(l))
+                    .map(|l| format!("overlayfs only: {l}")),
+            )
+            .collect();
+        assert!(diff.is_empty(), "{image}:\n{}", diff.join("\n"));
+        assert_eq!(
+            strata, overlay,
+            "{image}: the same lines, in the same order"
+        );
+        if image == "unpack-test:latest" {
+            let has = |p: &str| strata.iter().any(|l| l.starts_with(p));
+            assert!(!has("./f "), "whited out: {strata:?}");
+            assert!(has("./d D 750 1000 1000") && has("./d/new F"), "{strata:?}");
+            assert!(!has("./d/a ") && !has("./d/sub"), "opaque: {strata:?}");
+            assert!(has("./e D 700 1000 1000") && has("./e/x F") && has("./e/y F"));
+            assert!(has("./h2 F 644 0 0 10 1767225600 ./h1 "), "{strata:?}");
+        }
+    }
+    // The layers went through extraction snapshots (overlay mounts), not the FUSE mount: 3 of
+    // the first image, 3 of the sample image (its base layer is the first image's).
+    let log = strip_ansi(&std::fs::read_to_string(env.p("snapshotter.log")).expect("log"));
+    assert!(
+        log.lines()
+            .filter(|l| l.contains("committed") && l.contains("extraction=true"))
+            .count()
+            >= 6,
+        "{log}"
+    );
+}
+
+/// `text` without its terminal colour sequences (`ESC [ … m`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
