@@ -1287,7 +1287,7 @@ fn layer_tar(path: &Path, entries: &[(&str, &str)]) {
 /// replaced by a directory and back).
 #[test]
 fn unpacked_layers_show_what_kernel_overlayfs_shows() {
-    let env = Env::new();
+    let mut env = Env::new();
     let work = env.p("image");
     std::fs::create_dir_all(&work).expect("mkdir");
     let (l1, l2) = (work.join("l1.tar"), work.join("l2.tar"));
@@ -1391,6 +1391,48 @@ fn unpacked_layers_show_what_kernel_overlayfs_shows() {
             assert!(has("./h2 F 644 0 0 10 1767225600 ./h1 "), "{strata:?}");
         }
     }
+    // An unpack that containerd never finishes (killed with -9 mid-unpack): the extraction
+    // snapshot stays (containerd still knows it), its upper directory with it; removing it
+    // deletes the directory and unmounts its lower view.
+    let rows = env.snapshots();
+    let parent = rows
+        .iter()
+        .find(|r| r.2 == "Committed")
+        .map(|r| r.0.clone())
+        .expect("a committed snapshot");
+    let half = "extract-1-half";
+    env.snap_ok(&["prepare", half, &parent]);
+    let line = env.snap_ok(&["mounts", "/unused", half]);
+    // `mount -t overlay overlay /unused -o index=off,workdir=…,upperdir=…,lowerdir=…`
+    let opts = line.split_whitespace().last().expect("options").to_string();
+    assert!(line.starts_with("mount -t overlay overlay "), "{line}");
+    let opt = |k: &str| {
+        opts.split(',')
+            .find_map(|o| o.strip_prefix(k))
+            .map(PathBuf::from)
+            .unwrap_or_else(|| panic!("no {k} in {line}"))
+    };
+    let (upper, lower) = (opt("upperdir="), opt("lowerdir="));
+    assert!(upper.starts_with(env.state()) && lower.starts_with(env.mounts()));
+    assert!(lower.join("bin/busybox").is_file(), "the parent's view");
+    std::fs::write(upper.join("half-a-layer"), b"unfinished\n").expect("write");
+    env.containerd.stop(true);
+    env.start_containerd();
+    assert!(
+        env.snapshots()
+            .iter()
+            .any(|r| r.0 == half && r.2 == "Active"),
+        "kept"
+    );
+    assert!(upper.join("half-a-layer").is_file());
+    // containerd removes it from strata in a garbage collection: one now.
+    env.snap_ok(&["rm", half]);
+    env.collect();
+    env.eventually(
+        "the extraction snapshot removed with its directories",
+        || !upper.exists() && !lower.exists(),
+    );
+
     // The layers went through extraction snapshots (overlay mounts), not the FUSE mount: 3 of
     // the first image, 3 of the sample image (its base layer is the first image's).
     let log = strip_ansi(&std::fs::read_to_string(env.p("snapshotter.log")).expect("log"));
