@@ -1,7 +1,8 @@
 //! The layer store: immutable, content-addressed layers under `<root>/layers/`.
 //!
 //! Owns `layers/<diff_id hex>/{data/, index}`, the staging area where a layer is extracted
-//! before it becomes visible, and the per-layer lock files. A layer is published by one
+//! (from a tar, or linked from an overlayfs upper directory: `upper`) before it becomes
+//! visible, and the per-layer lock files. A layer is published by one
 //! `rename` and never modified afterwards (DESIGN invariant 1); it is deleted only by
 //! [`LayerStore::remove`], which the image store calls when no image refers to it.
 //! This module knows nothing about images, manifests or mounts.
