@@ -131,4 +131,22 @@ mod tests {
         );
         assert_eq!(code(SnapshotError::Internal("x".into())), Code::Internal);
     }
+
+    #[test]
+    fn extraction_keys_are_containerds_unpack_keys() {
+        // containerd's metadata layer prefixes `namespace/id/` to the unpacker's key.
+        assert!(is_extraction_key(
+            "default/12/extract-176329-aBc= sha256:0123abcd"
+        ));
+        assert!(is_extraction_key("extract-1 sha256:x"));
+        for key in [
+            "default/13/t1",
+            "default/14/my-extract-1",
+            "default/15/container/extract-1",
+            "k8s.io/16/0123abcd",
+            "",
+        ] {
+            assert!(!is_extraction_key(key), "{key}");
+        }
+    }
 }
