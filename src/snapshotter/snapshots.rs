@@ -69,7 +69,7 @@ impl SnapshotMount {
     }
 }
 
-/// Whether `key` is one of containerd's unpacker (`ns/7/extract-… sha256:…`).
+/// Whether `key` is a key of containerd's unpacker (`ns/7/extract-… sha256:…`).
 pub fn is_extraction_key(key: &str) -> bool {
     let name = key.splitn(3, '/').nth(2).unwrap_or(key);
     name.starts_with(UNPACK_KEY_PREFIX) || key.starts_with(UNPACK_KEY_PREFIX)
