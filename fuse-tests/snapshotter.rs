@@ -18,7 +18,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use strata::snapshotter::SnapshotMount;
 use strata_testkit::{MountGuard, Out, kill9, output_within, sample_image, strata_bin, wait_exit};
+
+/// Unpacking into extraction snapshots (overlay mounts), against kernel overlayfs.
+#[path = "snapshotter/unpack.rs"]
+mod unpack;
 
 const NAMESPACE: &str = "strata-test";
 const IMAGE: &str = "strata-sample:latest";
@@ -775,6 +780,7 @@ fn bad_requests_get_containerds_error_codes() {
     use std::collections::HashMap;
     use std::os::unix::ffi::OsStrExt;
     use strata::snapshotter::{Kind, SNAPSHOT_REF, SnapshotError, Snapshotter};
+    let bind = |m: SnapshotMount| m.bind().expect("a bind mount").clone();
 
     fn code<T: std::fmt::Debug>(r: Result<T, SnapshotError>) -> Code {
         Status::from(r.expect_err("must fail")).code()
@@ -788,7 +794,7 @@ fn bad_requests_get_containerds_error_codes() {
     let s = Snapshotter::open(&state, &mounts).expect("open");
 
     // An active snapshot on nothing: an empty writable file system.
-    let a = s.create(Kind::Active, "a", "", none()).expect("prepare");
+    let a = bind(s.create(Kind::Active, "a", "", none()).expect("prepare"));
     assert!(!a.read_only && a.source.starts_with(&mounts));
     std::fs::write(a.source.join("f"), b"in a\n").expect("write");
     // Committed through a pipe: a file bigger than the pipe's buffer, and a first entry whose
@@ -844,7 +850,7 @@ fn bad_requests_get_containerds_error_codes() {
     assert_eq!(code(s.stat("a")), Code::NotFound);
     assert_eq!(s.stat("c").expect("stat").labels["k"], "v");
     assert_eq!(code(s.mounts("c")), Code::FailedPrecondition);
-    let v = s.create(Kind::View, "v", "c", none()).expect("view");
+    let v = bind(s.create(Kind::View, "v", "c", none()).expect("view"));
     assert!(v.read_only);
     assert_eq!(std::fs::read(v.source.join("f")).expect("read"), b"in a\n");
     assert!(std::fs::read(v.source.join("big")).expect("read big") == big);
@@ -891,7 +897,8 @@ fn bad_requests_get_containerds_error_codes() {
     let x = s
         .create(Kind::Active, "ns1/5/extract-a", "", r.clone())
         .expect("unpack");
-    std::fs::write(x.source.join("layer-file"), b"once\n").expect("write");
+    let (_, upper, _) = overlay(&x);
+    std::fs::write(upper.join("layer-file"), b"once\n").expect("write");
     s.commit("ns1/6/sha256:chain1", "ns1/5/extract-a", r.clone())
         .expect("commit");
     assert_eq!(
@@ -931,4 +938,14 @@ fn bad_requests_get_containerds_error_codes() {
     let base = dir.path().to_string_lossy().into_owned();
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     assert!(!mountinfo.contains(&base), "{mountinfo}");
+}
+
+/// The directories of an extraction snapshot's overlay mount: (lower, upper, work).
+fn overlay(m: &SnapshotMount) -> (PathBuf, PathBuf, PathBuf) {
+    match m {
+        SnapshotMount::Overlay { lower, upper, work } => {
+            (lower.clone(), upper.clone(), work.clone())
+        }
+        SnapshotMount::Bind(b) => panic!("an overlay mount expected, not {b:?}"),
+    }
 }

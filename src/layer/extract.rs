@@ -17,14 +17,14 @@ use super::marker::{OPAQUE_MARKER, WHITEOUT_PREFIX};
 /// Largest regular file a layer may hold (the header's size field can claim up to 2^95).
 const MAX_FILE_SIZE: u64 = 1 << 40;
 /// Largest device numbers the kernel's `dev_t` encoding for FUSE carries.
-const MAX_MAJOR: u64 = (1 << 12) - 1;
-const MAX_MINOR: u64 = (1 << 20) - 1;
+pub(super) const MAX_MAJOR: u64 = (1 << 12) - 1;
+pub(super) const MAX_MINOR: u64 = (1 << 20) - 1;
 /// Longest name component Linux accepts.
 const MAX_NAME: usize = 255;
 /// Longest path (PATH_MAX minus room for a mount point) and symlink target.
-const MAX_PATH: usize = 4000;
+pub(super) const MAX_PATH: usize = 4000;
 /// Largest total xattr payload on one entry (the kernel's XATTR_SIZE_MAX).
-const MAX_XATTR: usize = 64 * 1024;
+pub(super) const MAX_XATTR: usize = 64 * 1024;
 
 /// Reads a whole uncompressed tar stream and extracts it into `dir` (which must exist and be
 /// empty): regular-file data to `dir/data/<n>`, the index to the returned value.

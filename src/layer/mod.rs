@@ -1,7 +1,8 @@
 //! The layer store: immutable, content-addressed layers under `<root>/layers/`.
 //!
 //! Owns `layers/<diff_id hex>/{data/, index}`, the staging area where a layer is extracted
-//! before it becomes visible, and the per-layer lock files. A layer is published by one
+//! (from a tar, or linked from an overlayfs upper directory: `upper`) before it becomes
+//! visible, and the per-layer lock files. A layer is published by one
 //! `rename` and never modified afterwards (DESIGN invariant 1); it is deleted only by
 //! [`LayerStore::remove`], which the image store calls when no image refers to it.
 //! This module knows nothing about images, manifests or mounts.
@@ -11,6 +12,7 @@ mod extract;
 pub(crate) mod fixtures;
 pub mod index;
 pub mod marker;
+mod upper;
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
@@ -224,17 +226,7 @@ impl LayerStore {
         tar: impl Read,
         expected: Option<&Digest>,
     ) -> Result<StagedLayer, LayerError> {
-        let staging = tempfile::Builder::new()
-            .prefix(&format!("layer-{}-", std::process::id()))
-            .tempdir_in(self.dir.join(".staging"))
-            .map_err(|e| LayerError::io(&self.dir, e))?
-            .keep();
-        let mut staged = StagedLayer {
-            dir: Some(staging.clone()),
-            diff_id: Digest::of(b""),
-            tar_size: 0,
-            index: LayerIndex::default(),
-        };
+        let (mut staged, staging) = self.new_staged()?;
         let mut tar = HashingReader::new(tar);
         let index = extract::extract(&mut tar, &staging)?;
         let (diff_id, size) = tar.finish().map_err(LayerError::tar)?;
@@ -248,6 +240,43 @@ impl LayerStore {
         }
         let index_path = staging.join(INDEX_FILE);
         index.write_to(&index_path)?;
+        staged.diff_id = diff_id;
+        staged.tar_size = size;
+        staged.index = index;
+        Ok(staged)
+    }
+
+    /// A new, empty staging directory (removed when the returned layer is dropped).
+    fn new_staged(&self) -> Result<(StagedLayer, PathBuf), LayerError> {
+        let staging = tempfile::Builder::new()
+            .prefix(&format!("layer-{}-", std::process::id()))
+            .tempdir_in(self.dir.join(".staging"))
+            .map_err(|e| LayerError::io(&self.dir, e))?
+            .keep();
+        let staged = StagedLayer {
+            dir: Some(staging.clone()),
+            diff_id: Digest::of(b""),
+            tar_size: 0,
+            index: LayerIndex::default(),
+        };
+        Ok((staged, staging))
+    }
+
+    /// Stages the overlayfs upper directory `upper` (on the store's file system) as a layer
+    /// without copying its data (see [`upper`]): its files get second names in the staging
+    /// area, and `upper` is left as it was. `digest` gives the layer's diff_id and tar size
+    /// from its index and data directory: the digest of the layer tar that would be written
+    /// from them (the image module's canonical writer), so the id is a content address.
+    pub fn stage_upper(
+        &self,
+        upper: &Path,
+        digest: impl FnOnce(&LayerIndex, &Path) -> io::Result<(Digest, u64)>,
+    ) -> Result<StagedLayer, LayerError> {
+        let (mut staged, staging) = self.new_staged()?;
+        let index = upper::convert(upper, &staging)?;
+        let data = staging.join("data");
+        let (diff_id, size) = digest(&index, &data).map_err(|e| LayerError::io(&data, e))?;
+        index.write_to(&staging.join(INDEX_FILE))?;
         staged.diff_id = diff_id;
         staged.tar_size = size;
         staged.index = index;

@@ -167,6 +167,7 @@ mod tests {
             created: SystemTime::UNIX_EPOCH,
             updated: SystemTime::UNIX_EPOCH,
             layers: vec![],
+            upper: false,
         }
     }
 

@@ -15,7 +15,7 @@ use tracing::{info, info_span};
 
 use super::SnapshotError;
 use super::record::{Kind, Record};
-use super::snapshots::{BindMount, Snapshotter};
+use super::snapshots::{SnapshotMount, Snapshotter};
 
 /// Where and how to serve.
 #[derive(Clone, Debug)]
@@ -54,13 +54,29 @@ fn info(r: Record) -> cs::Info {
     }
 }
 
-fn mounts(b: BindMount) -> Vec<Mount> {
-    vec![Mount {
-        r#type: "bind".into(),
-        source: b.source.to_string_lossy().into_owned(),
-        target: String::new(),
-        options: vec!["rbind".into(), if b.read_only { "ro" } else { "rw" }.into()],
-    }]
+fn mounts(m: SnapshotMount) -> Vec<Mount> {
+    let path = |p: &Path| p.to_string_lossy().into_owned();
+    match m {
+        SnapshotMount::Bind(b) => vec![Mount {
+            r#type: "bind".into(),
+            source: path(&b.source),
+            target: String::new(),
+            options: vec!["rbind".into(), if b.read_only { "ro" } else { "rw" }.into()],
+        }],
+        // As containerd's own overlayfs snapshotter words it; its applier reads `upperdir`
+        // and `lowerdir` from exactly these options.
+        SnapshotMount::Overlay { lower, upper, work } => vec![Mount {
+            r#type: "overlay".into(),
+            source: "overlay".into(),
+            target: String::new(),
+            options: vec![
+                "index=off".into(),
+                format!("workdir={}", path(&work)),
+                format!("upperdir={}", path(&upper)),
+                format!("lowerdir={}", path(&lower)),
+            ],
+        }],
+    }
 }
 
 #[tonic::async_trait]

@@ -2,15 +2,30 @@
 //! "proxy plugin", as stargz, nydus and fuse-overlayfs-snapshotter are), so that containerd,
 //! `ctr`, nerdctl and the kubelet get strata's merged views and writable layers.
 //!
-//! Owns `<root>/snapshotter/` (one directory per snapshot: its record `info.json` and, for
-//! an active snapshot, its writable layer `rw/`), the FUSE mounts of active snapshots and
+//! Owns `<root>/snapshotter/` (one directory per snapshot, `0700`: its record `info.json`
+//! and, for an active snapshot, its writable layer `rw/` or, for an extraction snapshot, its
+//! `upper/`, `work/` and `lower/` directories), the FUSE mounts of active snapshots and
 //! views under a mounts directory outside the state root (one FUSE session per mounted
 //! snapshot, all served by this one process), and the mapping of its errors to containerd's
 //! gRPC codes. Snapshots are:
 //! - active: a writable layer over the merged layers of the parent chain, mounted writable;
+//! - extraction (an active snapshot of containerd's unpacker, key `ns/N/extract-…`): an
+//!   `overlay` mount whose `upperdir` is a plain directory and whose `lowerdir` is the parent
+//!   chain's read-only FUSE mount (an empty directory for a first layer). containerd's
+//!   applier recognises exactly one overlay mount and, without mounting it, extracts the layer
+//!   tar straight into the upper directory as overlayfs stores changes (whiteouts as 0/0
+//!   character devices, opaque directories as `trusted.overlay.opaque`), copying the
+//!   attributes of the parent directories it creates from the lower directory; nothing goes
+//!   through FUSE. Mounted with kernel overlayfs, the same options show that change over the
+//!   parent. Only for a snapshotter that is root in the initial user namespace;
 //! - view: the parent chain's merged layers, mounted read-only;
 //! - committed: the active snapshot's change set imported as a strata layer
-//!   (content-addressed in the layer store), on top of the parent chain's layers.
+//!   (content-addressed in the layer store), on top of the parent chain's layers. An
+//!   extraction snapshot's upper directory becomes the layer without a copy: its files get
+//!   second names in the layer's data directory and its tree becomes the index
+//!   (`layer::upper`); the layer's id is the digest of the tar `strata save` would write for
+//!   it (hashed, never stored). A writable layer's change set is streamed as a tar into the
+//!   layer store.
 //!
 //! When containerd's unpacker names the committed snapshot it is about to make (its chain ID,
 //! label `containerd.io/snapshot.ref`) and a committed snapshot with that label and parent is
@@ -19,8 +34,8 @@
 //!
 //! Every snapshot holds its layers as a [`User::Snapshot`](crate::image::User) of the image
 //! store, so `rmi` and garbage collection never delete them under it. Containerd is given a
-//! `bind` of the FUSE mount point. Mounts are made at `Prepare`/`View` and, after a restart of
-//! this process, again at the next `Mounts` call.
+//! `bind` of the FUSE mount point (an extraction snapshot: the overlay above). Mounts are made
+//! at `Prepare`/`View` and, after a restart of this process, again at the next `Mounts` call.
 //!
 //! Must never modify a committed layer, never mount inside the state root, and never block
 //! the gRPC runtime on file-system work: the snapshotter core (`snapshots`) is synchronous, the
@@ -37,7 +52,10 @@ use std::path::PathBuf;
 
 pub use grpc::{ServeOptions, serve};
 pub use record::{Kind, Record};
-pub use snapshots::{BindMount, SNAPSHOT_REF, Snapshotter, Usage};
+pub use snapshots::{
+    BindMount, SNAPSHOT_REF, SnapshotMount, Snapshotter, UNPACK_KEY_PREFIX, Usage,
+    is_extraction_key,
+};
 
 /// Why a snapshot operation failed; each maps to the gRPC code containerd expects.
 #[derive(Debug, thiserror::Error)]
@@ -112,5 +130,23 @@ mod tests {
             Code::InvalidArgument
         );
         assert_eq!(code(SnapshotError::Internal("x".into())), Code::Internal);
+    }
+
+    #[test]
+    fn extraction_keys_are_containerds_unpack_keys() {
+        // containerd's metadata layer prefixes `namespace/id/` to the unpacker's key.
+        assert!(is_extraction_key(
+            "default/12/extract-176329-aBc= sha256:0123abcd"
+        ));
+        assert!(is_extraction_key("extract-1 sha256:x"));
+        for key in [
+            "default/13/t1",
+            "default/14/my-extract-1",
+            "default/15/container/extract-1",
+            "k8s.io/16/0123abcd",
+            "",
+        ] {
+            assert!(!is_extraction_key(key), "{key}");
+        }
     }
 }

@@ -51,6 +51,11 @@ pub struct Record {
     /// The layers this snapshot's file system is made of, bottom first: the parent chain's,
     /// and for a committed snapshot its own on top.
     pub layers: Vec<Digest>,
+    /// An extraction snapshot (an active snapshot of containerd's unpacker): its changes are
+    /// the plain directory `upper/` that containerd's applier writes into (an `overlay`
+    /// mount), not a writable layer. Absent in records of older versions: false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub upper: bool,
 }
 
 impl Record {
@@ -137,6 +142,7 @@ mod tests {
             created: SystemTime::UNIX_EPOCH,
             updated: SystemTime::now(),
             layers: vec![Digest::of(b"x")],
+            upper: false,
         };
         r.write(&dir).unwrap();
         assert_eq!(Record::read(&dir.join(INFO_FILE)).unwrap(), r);

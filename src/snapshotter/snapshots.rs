@@ -24,14 +24,55 @@ use crate::layer::{LayerStore, StagedLayer};
 
 /// The writable layer's directory inside an active snapshot's directory.
 const RW_DIR: &str = "rw";
+/// An extraction snapshot's directories: the upper directory containerd's applier writes
+/// into, overlayfs's work directory, and the empty lower directory of one with no parent.
+const UPPER_DIR: &str = "upper";
+const WORK_DIR: &str = "work";
+const LOWER_DIR: &str = "lower";
 /// The label with which containerd's unpacker names the committed snapshot it is making.
 pub const SNAPSHOT_REF: &str = "containerd.io/snapshot.ref";
+/// How the keys of containerd's unpacker begin (`snapshots.UnpackKeyPrefix`, 1.6 to 2.x:
+/// `extract-<unique> <chain ID>`), after the `namespace/id/` of its metadata layer.
+pub const UNPACK_KEY_PREFIX: &str = "extract-";
 
-/// What containerd mounts for a snapshot: a bind of the FUSE mount point.
+/// A bind of the FUSE mount point.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BindMount {
     pub source: PathBuf,
     pub read_only: bool,
+}
+
+/// What containerd mounts for a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SnapshotMount {
+    /// Active snapshots and views: a bind of their FUSE mount.
+    Bind(BindMount),
+    /// An extraction snapshot: kernel overlayfs over `lower` (the parent chain's read-only
+    /// FUSE mount, or an empty directory), with `upper` a plain directory. containerd's
+    /// applier does not mount it: it writes the layer tar straight into `upper` (whiteouts
+    /// as overlayfs writes them), with `lower` as the parents whose directory attributes it
+    /// copies; mounted, it is what the applier's tar made of the parent.
+    Overlay {
+        lower: PathBuf,
+        upper: PathBuf,
+        work: PathBuf,
+    },
+}
+
+impl SnapshotMount {
+    /// The bind mount, if this is one.
+    pub fn bind(&self) -> Option<&BindMount> {
+        match self {
+            SnapshotMount::Bind(b) => Some(b),
+            SnapshotMount::Overlay { .. } => None,
+        }
+    }
+}
+
+/// Whether `key` is a key of containerd's unpacker (`ns/7/extract-… sha256:…`).
+pub fn is_extraction_key(key: &str) -> bool {
+    let name = key.splitn(3, '/').nth(2).unwrap_or(key);
+    name.starts_with(UNPACK_KEY_PREFIX) || key.starts_with(UNPACK_KEY_PREFIX)
 }
 
 /// Resources a snapshot uses itself (not its parents').
@@ -52,6 +93,10 @@ pub struct Snapshotter {
     snapshots: PathBuf,
     trash: PathBuf,
     mounts: PathBuf,
+    /// Extraction snapshots get overlay mounts: the snapshotter is root in the initial user
+    /// namespace (containerd's applier makes whiteouts as 0/0 devices and sets trusted.*
+    /// xattrs, and a containerd in a user namespace would mount the overlay instead).
+    overlay: bool,
     state: Mutex<State>,
     /// Held for the process's life: one snapshotter per state root.
     _lock: File,
@@ -63,6 +108,16 @@ fn now() -> SystemTime {
 
 fn not_found(key: &str) -> SnapshotError {
     SnapshotError::NotFound(key.to_string())
+}
+
+/// Creates the directory `dir` with `mode` (whatever the umask).
+fn make_dir(dir: &Path, mode: u32) -> Result<(), SnapshotError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .mode(mode)
+        .create(dir)
+        .and_then(|_| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)))
+        .map_err(SnapshotError::io(dir))
 }
 
 /// Bytes allocated to, and the number of, the files under `dir`.
@@ -164,6 +219,8 @@ impl Snapshotter {
             })?;
         let canon = |p: &Path| std::fs::canonicalize(p).map_err(SnapshotError::io(p));
         let (root_c, mounts_c) = (canon(root)?, canon(mounts)?);
+        // Absolute: the directories of extraction snapshots are named to containerd.
+        let snapshots = root_c.join("snapshotter").join("snapshots");
         if mounts_c.starts_with(&root_c) || root_c.starts_with(&mounts_c) {
             return Err(SnapshotError::InvalidArgument(format!(
                 "the mounts directory {} must be outside the state root {} (a mount inside it could serve itself)",
@@ -175,11 +232,18 @@ impl Snapshotter {
             .into_iter()
             .map(|(_, r)| (r.key.clone(), r))
             .collect::<HashMap<_, _>>();
+        // The overlay options name the directories: no `,` or `:` in their paths.
+        let overlay = rustix::process::geteuid().is_root()
+            && crate::paths::in_initial_user_namespace()
+            && [&snapshots, &mounts_c]
+                .iter()
+                .all(|p| !p.to_string_lossy().contains([',', ':']));
         let s = Snapshotter {
             store,
             snapshots,
             trash,
             mounts: mounts_c,
+            overlay,
             state: Mutex::new(State {
                 records,
                 live: HashMap::new(),
@@ -211,11 +275,24 @@ impl Snapshotter {
         }
     }
 
-    fn bind(&self, r: &Record) -> BindMount {
-        BindMount {
+    fn snapshot_mount(&self, r: &Record) -> SnapshotMount {
+        if r.upper {
+            let dir = self.dir_of(&r.key);
+            let lower = if r.layers.is_empty() {
+                dir.join(LOWER_DIR)
+            } else {
+                self.mountpoint_of(&r.key)
+            };
+            return SnapshotMount::Overlay {
+                lower,
+                upper: dir.join(UPPER_DIR),
+                work: dir.join(WORK_DIR),
+            };
+        }
+        SnapshotMount::Bind(BindMount {
             source: self.mountpoint_of(&r.key),
             read_only: r.kind == Kind::View,
-        }
+        })
     }
 
     /// Deletes a snapshot's directory (renamed into the trash, so a crash never leaves half a
@@ -281,16 +358,26 @@ impl Snapshotter {
         }
     }
 
-    fn mount(&self, r: &Record) -> Result<Live, SnapshotError> {
+    /// Mounts what a snapshot needs mounted: its FUSE mount, the parent chain's read-only
+    /// view for an extraction snapshot; nothing for an extraction snapshot with no parent.
+    fn mount(&self, r: &Record) -> Result<Option<Live>, SnapshotError> {
         let mp = self.mountpoint_of(&r.key);
         match r.kind {
+            Kind::Active if r.upper => {
+                if r.layers.is_empty() {
+                    Ok(None)
+                } else {
+                    live::mount_view(&self.store, &r.layers, &mp).map(Some)
+                }
+            }
             Kind::Active => live::mount_active(
                 &self.store,
                 &r.layers,
                 &self.dir_of(&r.key).join(RW_DIR),
                 &mp,
-            ),
-            Kind::View => live::mount_view(&self.store, &r.layers, &mp),
+            )
+            .map(Some),
+            Kind::View => live::mount_view(&self.store, &r.layers, &mp).map(Some),
             Kind::Committed => Err(SnapshotError::FailedPrecondition(format!(
                 "snapshot {} is committed: it has no mounts",
                 r.key
@@ -299,14 +386,16 @@ impl Snapshotter {
     }
 
     /// `Prepare` (`Kind::Active`) and `View` (`Kind::View`): a new snapshot on `parent` (a
-    /// committed snapshot, or "" for none), mounted; its bind mount.
+    /// committed snapshot, or "" for none), mounted; what containerd mounts. An active
+    /// snapshot of containerd's unpacker (see [`is_extraction_key`]) is an extraction
+    /// snapshot: an overlay mount with a plain upper directory (see [`SnapshotMount`]).
     pub fn create(
         &self,
         kind: Kind,
         key: &str,
         parent: &str,
         labels: HashMap<String, String>,
-    ) -> Result<BindMount, SnapshotError> {
+    ) -> Result<SnapshotMount, SnapshotError> {
         let _s = info_span!("create", kind = kind.name(), key, parent).entered();
         if key.is_empty() {
             return Err(SnapshotError::InvalidArgument(
@@ -357,7 +446,7 @@ impl Snapshotter {
             // A creation that did not finish (no record): start over.
             self.delete_dir(key)?;
         }
-        std::fs::create_dir(&dir).map_err(SnapshotError::io(&dir))?;
+        make_dir(&dir, 0o700)?;
         let t = now();
         let rec = Record {
             key: key.to_string(),
@@ -366,12 +455,14 @@ impl Snapshotter {
             labels,
             created: t,
             updated: t,
+            upper: kind == Kind::Active && self.overlay && is_extraction_key(key),
             layers,
         };
         let made = self
             .store
             .hold_layers(self.user_of(key), rec.layers.clone())
             .map_err(SnapshotError::from)
+            .and_then(|_| self.make_upper(&rec))
             .and_then(|_| rec.write(&dir))
             .and_then(|_| self.mount(&rec));
         let live = match made {
@@ -383,24 +474,44 @@ impl Snapshotter {
                 return Err(e);
             }
         };
-        st.live.insert(key.to_string(), live);
-        let bind = self.bind(&rec);
+        if let Some(live) = live {
+            st.live.insert(key.to_string(), live);
+        }
+        let mount = self.snapshot_mount(&rec);
         st.records.insert(key.to_string(), rec);
-        info!("snapshot created");
-        Ok(bind)
+        info!(extraction = mount.bind().is_none(), "snapshot created");
+        Ok(mount)
     }
 
-    /// `Mounts`: the bind mount of an active snapshot or view, mounting it again when this
-    /// process has not (after a restart).
-    pub fn mounts(&self, key: &str) -> Result<BindMount, SnapshotError> {
+    /// An extraction snapshot's directories (before its record: a crash leaves a directory
+    /// without a record, which `Cleanup` removes).
+    fn make_upper(&self, r: &Record) -> Result<(), SnapshotError> {
+        if !r.upper {
+            return Ok(());
+        }
+        let dir = self.dir_of(&r.key);
+        // The upper directory is the root of the mounted overlay: 0755, as the root of a
+        // writable layer.
+        make_dir(&dir.join(UPPER_DIR), 0o755)?;
+        make_dir(&dir.join(WORK_DIR), 0o700)?;
+        if r.layers.is_empty() {
+            make_dir(&dir.join(LOWER_DIR), 0o755)?;
+        }
+        Ok(())
+    }
+
+    /// `Mounts`: what containerd mounts for an active snapshot or view, mounting it again
+    /// when this process has not (after a restart).
+    pub fn mounts(&self, key: &str) -> Result<SnapshotMount, SnapshotError> {
         let mut st = self.lock();
         let rec = st.records.get(key).ok_or_else(|| not_found(key))?.clone();
         if !st.live.contains_key(key) {
             let _s = info_span!("remount", key).entered();
-            let live = self.mount(&rec)?;
-            st.live.insert(key.to_string(), live);
+            if let Some(live) = self.mount(&rec)? {
+                st.live.insert(key.to_string(), live);
+            }
         }
-        Ok(self.bind(&rec))
+        Ok(self.snapshot_mount(&rec))
     }
 
     /// `Commit`: the active snapshot `key`'s changes become a layer, and the committed
@@ -428,21 +539,19 @@ impl Snapshotter {
         if st.records.contains_key(name) {
             return Err(SnapshotError::AlreadyExists(name.to_string()));
         }
-        // The live view when mounted, else the writable layer opened here.
-        let (view, _offline) = match st.live.get(key).and_then(|l| l.view.clone()) {
-            Some(v) => (v, None),
-            None => {
-                let rw = self.dir_of(key).join(RW_DIR);
-                let f = fs::read_write(self.store.layers(), &rec.layers, &rw)?;
-                (f.view(), Some(f))
-            }
-        };
-        let changes = view.changes();
         let layers = self.store.layers();
-        let (staged, stats) =
-            info_span!("stage").in_scope(|| stage_changes(layers, &view, &changes))?;
-        drop(view);
-        drop(_offline);
+        let staged = if rec.upper {
+            // The files containerd's applier wrote become the layer's data files as they are.
+            let upper = self.dir_of(key).join(UPPER_DIR);
+            info_span!("stage_upper").in_scope(|| {
+                layers.stage_upper(&upper, |index, data| {
+                    crate::image::save::write_layer_tar(index, data, std::io::sink())
+                })
+            })?
+        } else {
+            self.stage_writable(&st, key, &rec)?
+        };
+        let entries = staged.index.entries.len();
         let diff_id = staged.diff_id().clone();
         let locks = layers.lock(std::slice::from_ref(&diff_id))?;
         info_span!("publish").in_scope(|| layers.commit(staged, &locks))?;
@@ -450,7 +559,7 @@ impl Snapshotter {
         if dir.exists() {
             self.delete_dir(name)?;
         }
-        std::fs::create_dir(&dir).map_err(SnapshotError::io(&dir))?;
+        make_dir(&dir, 0o700)?;
         let mut chain = rec.layers.clone();
         chain.push(diff_id.clone());
         // Recorded while the layer lock is held: no collection can take the new layer.
@@ -466,6 +575,7 @@ impl Snapshotter {
             created: t,
             updated: t,
             layers: chain,
+            upper: false,
         };
         info_span!("record").in_scope(|| committed.write(&dir))?;
         st.records.insert(name.to_string(), committed);
@@ -475,8 +585,35 @@ impl Snapshotter {
         }
         info_span!("delete").in_scope(|| self.delete_dir(key))?;
         st.records.remove(key);
-        info!(layer = %diff_id, changes = changes.len(), entries = stats.entries, "committed");
+        info!(layer = %diff_id, entries, extraction = rec.upper, "committed");
         Ok(())
+    }
+
+    /// The change set of an active snapshot's writable layer, staged as a layer: through the
+    /// live view when it is mounted, else through the writable layer opened here.
+    fn stage_writable(
+        &self,
+        st: &State,
+        key: &str,
+        rec: &Record,
+    ) -> Result<StagedLayer, SnapshotError> {
+        let (view, _offline) = match st.live.get(key).and_then(|l| l.view.clone()) {
+            Some(v) => (v, None),
+            None => {
+                let rw = self.dir_of(key).join(RW_DIR);
+                let f = fs::read_write(self.store.layers(), &rec.layers, &rw)?;
+                (f.view(), Some(f))
+            }
+        };
+        let changes = view.changes();
+        let (staged, stats) =
+            info_span!("stage").in_scope(|| stage_changes(self.store.layers(), &view, &changes))?;
+        info!(
+            changes = changes.len(),
+            entries = stats.entries,
+            "change set staged"
+        );
+        Ok(staged)
     }
 
     /// `Remove`: unmounts and deletes a snapshot that has no children.
@@ -557,7 +694,8 @@ impl Snapshotter {
         let rec = self.stat(key)?;
         Ok(match rec.kind {
             Kind::Active => {
-                let (size, inodes) = disk_usage(&self.dir_of(key).join(RW_DIR));
+                let own = if rec.upper { UPPER_DIR } else { RW_DIR };
+                let (size, inodes) = disk_usage(&self.dir_of(key).join(own));
                 Usage { size, inodes }
             }
             Kind::View => Usage::default(),
