@@ -306,6 +306,7 @@ pub(crate) fn setuid_bits_dropped(b: &dyn Backend) {
         RootTruncates,
         RootChowns,
         UserChownsGroup,
+        RootChownsNothing,
     }
     use Act::*;
     // (name, owner uid = gid, mode before, what happens, mode after)
@@ -326,6 +327,14 @@ pub(crate) fn setuid_bits_dropped(b: &dyn Backend) {
         ("root-chowns", 0, 0o6755, RootChowns, 0o755),
         ("root-chowns-sgid-noexec", 0, 0o6644, RootChowns, 0o2644),
         ("user-chowns-group", 1000, 0o6754, UserChownsGroup, 0o754),
+        ("root-chowns-nothing", 0, 0o7755, RootChownsNothing, 0o1755),
+        (
+            "root-chowns-nothing-sgid-noexec",
+            0,
+            0o6744,
+            RootChownsNothing,
+            0o2744,
+        ),
     ];
     let mut m = b.mount();
     let dir = m.p("home/user/suid");
@@ -354,6 +363,10 @@ pub(crate) fn setuid_bits_dropped(b: &dyn Backend) {
             }
             RootChowns => {
                 std::os::unix::fs::lchown(&p, Some(1000), Some(1000)).unwrap();
+                0
+            }
+            RootChownsNothing => {
+                std::os::unix::fs::lchown(&p, None, None).unwrap();
                 0
             }
         };

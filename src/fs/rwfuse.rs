@@ -98,9 +98,7 @@ impl WritableFs {
 
     /// The mode a chown or a truncate leaves on `ino` when it drops a setuid or setgid bit,
     /// by the kernel's rules ([`setid`]), which the kernel leaves to strata
-    /// (`FUSE_HANDLE_KILLPRIV_V2`). `None`: nothing to drop. (`fchown(fd, -1, -1)` comes
-    /// without an owner, so it drops nothing here, where the kernel's own file systems drop
-    /// the bits.)
+    /// (`FUSE_HANDLE_KILLPRIV_V2`). `None`: nothing to drop.
     fn setid_dropped(
         &self,
         ino: u64,
@@ -267,11 +265,19 @@ impl Filesystem for WritableFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        // A SETATTR that sets nothing is the kernel's FATTR_KILL_SUIDGID alone (fuser does not
+        // show that flag): `chown(path, -1, -1)`, or a write's own request to drop the bits.
+        // Both drop them as a chown does, and the reply's ctime is now, as the kernel's.
+        let nothing = [mode, uid, gid].iter().all(Option::is_none)
+            && size.is_none()
+            && atime.is_none()
+            && mtime.is_none()
+            && ctime.is_none();
         let mode = mode.or_else(|| {
             self.setid_dropped(
                 ino.0,
                 &caller(req),
-                uid.is_some() || gid.is_some(),
+                uid.is_some() || gid.is_some() || nothing,
                 size.is_some(),
             )
         });
