@@ -420,6 +420,24 @@ pub(crate) fn setuid_bits_dropped(b: &dyn Backend) {
             "lower notes.txt (write by 1001): 6777 became {got:04o}"
         ));
     }
+    // Root's write into a setuid file with capabilities drops the capabilities only.
+    let caps = m.p("srv/xattrs/cap-net-bind-service");
+    std::fs::set_permissions(&caps, std::fs::Permissions::from_mode(0o7400)).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(&caps)
+        .unwrap()
+        .write_at(b"x", 0)
+        .unwrap();
+    let got = lstat(&caps).mode() & 0o7777;
+    if got != 0o7400 {
+        wrong.push(format!(
+            "cap-net-bind-service (root writes): 7400 became {got:04o}"
+        ));
+    }
+    if rustix::fs::lgetxattr(&caps, "security.capability", &mut [0u8; 64]).is_ok() {
+        wrong.push("cap-net-bind-service (root writes): security.capability stayed".into());
+    }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     // What was dropped stays dropped after a remount.
     m.remount();

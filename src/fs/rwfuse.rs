@@ -13,7 +13,7 @@
 //! dropping setuid/setgid bits on write, truncate and chown to strata (the view applies the
 //! kernel's rules, `view::setid`): the kernel's own check cost a GETATTR per chown.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,8 +48,18 @@ pub struct WritableFs {
     /// while it walks the directory never make it skip others (`rm -rf`). `None` until then
     /// (a warm walk whose listing the kernel has cached never reads it).
     dirs: Mutex<HashMap<u64, Option<DirSnapshot>>>,
+    /// Inodes whose `security.capability` the kernel just removed: a SETATTR that sets nothing
+    /// right after it is the kernel dropping file capabilities before a write (the mode
+    /// stays), not `chown(path, -1, -1)`.
+    caps_dropped: Mutex<HashSet<u64>>,
     next_fh: AtomicU64,
 }
+
+/// The xattr that holds file capabilities.
+const CAPABILITY_XATTR: &[u8] = b"security.capability";
+/// Inodes remembered in `caps_dropped` at most (a removal not followed by a SETATTR, as
+/// `setcap -r`, stays there until this many have gathered).
+const CAPS_DROPPED_MAX: usize = 1024;
 
 impl WritableFs {
     pub fn new(view: View) -> Self {
@@ -58,6 +68,7 @@ impl WritableFs {
         WritableFs {
             view,
             dirs: Mutex::default(),
+            caps_dropped: Mutex::default(),
             next_fh: AtomicU64::new(1),
         }
     }
@@ -265,14 +276,21 @@ impl Filesystem for WritableFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        // A SETATTR that sets nothing is the kernel's FATTR_KILL_SUIDGID alone (fuser does not
-        // show that flag): `chown(path, -1, -1)`, or a write's own request to drop the bits.
-        // Both drop them as a chown does, and the reply's ctime is now, as the kernel's.
+        // A SETATTR that sets nothing is `chown(path, -1, -1)` (which drops the bits as any
+        // chown does; its ctime is now, as the kernel's), or the kernel dropping a file's
+        // capabilities before a write, right after removing its security.capability (the mode
+        // stays). A chown(-1, -1) of a file with capabilities is taken for the second.
+        let caps_dropped = self
+            .caps_dropped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&ino.0);
         let nothing = [mode, uid, gid].iter().all(Option::is_none)
             && size.is_none()
             && atime.is_none()
             && mtime.is_none()
-            && ctime.is_none();
+            && ctime.is_none()
+            && !caps_dropped;
         let mode = mode.or_else(|| {
             self.setid_dropped(
                 ino.0,
@@ -680,7 +698,16 @@ impl Filesystem for WritableFs {
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         match self.view.removexattr(ino.0, name.as_bytes()) {
-            Ok(()) => reply.ok(),
+            Ok(()) => {
+                if name.as_bytes() == CAPABILITY_XATTR {
+                    let mut caps = self.caps_dropped.lock().unwrap_or_else(|p| p.into_inner());
+                    if caps.len() >= CAPS_DROPPED_MAX {
+                        caps.clear();
+                    }
+                    caps.insert(ino.0);
+                }
+                reply.ok()
+            }
             Err(x) => reply.error(e(x)),
         }
     }
