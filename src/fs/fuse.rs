@@ -70,7 +70,8 @@ pub struct FsStats {
 
 /// The read-only file system of one mount.
 pub struct ReadOnlyFs {
-    tree: MergedTree,
+    /// Shared with other mounts of the same chain in this process (see `fs::TreeCache`).
+    tree: Arc<MergedTree>,
     /// `data_dirs[layer]` holds that layer's data files.
     data_dirs: Vec<PathBuf>,
     /// Passthrough registrations of open handles.
@@ -84,9 +85,9 @@ pub struct ReadOnlyFs {
 }
 
 impl ReadOnlyFs {
-    pub fn new(tree: MergedTree, data_dirs: Vec<PathBuf>) -> Self {
+    pub fn new(tree: impl Into<Arc<MergedTree>>, data_dirs: Vec<PathBuf>) -> Self {
         Self {
-            tree,
+            tree: tree.into(),
             data_dirs,
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),

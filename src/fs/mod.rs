@@ -20,6 +20,7 @@ pub mod view;
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
 
 pub use fuse::{FsStats, OpenMode, ReadOnlyFs};
 pub use rwfuse::WritableFs;
@@ -108,6 +109,68 @@ pub fn read_only(store: &LayerStore, layers: &[Digest]) -> Result<ReadOnlyFs, Mo
     Ok(ReadOnlyFs::new(tree, dirs))
 }
 
+/// The merged trees of the layer chains that one process serves several mounts of (the
+/// snapshotter: every snapshot of one image stands on the same chain), built once per chain
+/// and shared: a mount of a chain already mounted loads no index, and a hundred containers of
+/// one image hold one tree. Held weakly: a tree goes with the last mount that uses it.
+#[derive(Default)]
+pub struct TreeCache(std::sync::Mutex<std::collections::HashMap<Digest, Weak<MergedTree>>>);
+
+impl TreeCache {
+    /// The merged tree of `layers` and their data directories.
+    fn get(
+        &self,
+        store: &LayerStore,
+        layers: &[Digest],
+    ) -> Result<(Arc<MergedTree>, Vec<PathBuf>), MountError> {
+        let key = chain_id(layers);
+        // Held while a tree is built: two mounts of one new chain build it once.
+        let mut trees = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tree) = trees.get(&key).and_then(Weak::upgrade) {
+            let dirs = layers.iter().map(|id| store.data_dir(id)).collect();
+            return Ok((tree, dirs));
+        }
+        let (tree, dirs) = merged(store, layers)?;
+        let tree = Arc::new(tree);
+        trees.retain(|_, t| t.strong_count() > 0);
+        trees.insert(key, Arc::downgrade(&tree));
+        Ok((tree, dirs))
+    }
+
+    /// [`read_only`], with the tree from this cache.
+    pub fn read_only(
+        &self,
+        store: &LayerStore,
+        layers: &[Digest],
+    ) -> Result<ReadOnlyFs, MountError> {
+        let (tree, dirs) = self.get(store, layers)?;
+        Ok(ReadOnlyFs::new(tree, dirs))
+    }
+
+    /// [`read_write`], with the tree from this cache.
+    pub fn read_write(
+        &self,
+        store: &LayerStore,
+        layers: &[Digest],
+        layer_dir: &Path,
+    ) -> Result<WritableFs, MountError> {
+        let (tree, dirs) = self.get(store, layers)?;
+        let layer = RwLayer::open(layer_dir, chain_id(layers).as_str())?;
+        let view = view::View::new(tree, dirs, layer)?;
+        Ok(WritableFs::new(view))
+    }
+
+    /// How many chains have a live tree.
+    pub fn len(&self) -> usize {
+        let trees = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        trees.values().filter(|t| t.strong_count() > 0).count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// The name a writable layer records for the lower chain it belongs to.
 pub fn chain_id(layers: &[Digest]) -> Digest {
     let joined: Vec<&str> = layers.iter().map(Digest::as_str).collect();
@@ -166,4 +229,56 @@ pub fn mount<F: fuser::Filesystem>(
         path: mountpoint.to_path_buf(),
         source: e,
     })
+}
+
+#[cfg(test)]
+mod tree_cache_tests {
+    use super::*;
+
+    /// A store holding one layer per given file name (each layer adds that file).
+    fn store_with(root: &Path, names: &[&str]) -> (LayerStore, Vec<Digest>) {
+        let store = LayerStore::open(root).unwrap();
+        let mut ids = Vec::new();
+        for name in names {
+            let mut b = tar::Builder::new(Vec::new());
+            let mut h = tar::Header::new_gnu();
+            h.set_size(2);
+            h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(1);
+            h.set_cksum();
+            b.append_data(&mut h, name, &b"x\n"[..]).unwrap();
+            let bytes = b.into_inner().unwrap();
+            let staged = store.stage_tar(&bytes[..], None).unwrap();
+            let id = staged.diff_id().clone();
+            let locks = store.lock(std::slice::from_ref(&id)).unwrap();
+            store.commit(staged, &locks).unwrap();
+            ids.push(id);
+        }
+        (store, ids)
+    }
+
+    #[test]
+    fn one_tree_per_chain_while_it_is_mounted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (store, ids) = store_with(tmp.path(), &["a", "b"]);
+        let cache = TreeCache::default();
+        let (t1, dirs) = cache.get(&store, &ids).unwrap();
+        let (t2, _) = cache.get(&store, &ids).unwrap();
+        assert!(Arc::ptr_eq(&t1, &t2), "the same chain shares one tree");
+        assert_eq!(dirs.len(), 2);
+        assert!(t1.resolve(b"a").is_some() && t1.resolve(b"b").is_some());
+        let (t3, _) = cache.get(&store, &ids[..1]).unwrap();
+        assert!(!Arc::ptr_eq(&t1, &t3), "another chain has its own");
+        assert_eq!(cache.len(), 2);
+        // Views and writable file systems hold the tree; it goes with the last of them.
+        let rw = cache
+            .read_write(&store, &ids, &tmp.path().join("rw"))
+            .unwrap();
+        drop((t1, t2, t3));
+        assert_eq!(cache.len(), 1);
+        drop(rw);
+        assert!(cache.is_empty());
+    }
 }

@@ -70,13 +70,14 @@ fn serve<F: fuser::Filesystem + Send + 'static>(
 /// Mounts the writable layer in `rw_dir` over `layers` on `mountpoint`.
 pub fn mount_active(
     store: &ImageStore,
+    trees: &fs::TreeCache,
     layers: &[Digest],
     rw_dir: &Path,
     mountpoint: &Path,
 ) -> Result<Live, SnapshotError> {
     let _s = info_span!("mount_active", mountpoint = %mountpoint.display()).entered();
     let mountpoint = prepare_mountpoint(mountpoint, store.root())?;
-    let filesystem = fs::read_write(store.layers(), layers, rw_dir)?;
+    let filesystem = trees.read_write(store.layers(), layers, rw_dir)?;
     let view = filesystem.view();
     let config = fs::read_write_config(FSNAME, THREADS);
     let live = serve(filesystem, mountpoint, &config, Some(view))?;
@@ -87,6 +88,7 @@ pub fn mount_active(
 /// Mounts `layers` read-only on `mountpoint`.
 pub fn mount_view(
     store: &ImageStore,
+    trees: &fs::TreeCache,
     layers: &[Digest],
     mountpoint: &Path,
 ) -> Result<Live, SnapshotError> {
@@ -97,7 +99,7 @@ pub fn mount_view(
     } else {
         fs::OpenMode::Cached
     };
-    let filesystem = fs::read_only(store.layers(), layers)?.with_mode(mode);
+    let filesystem = trees.read_only(store.layers(), layers)?.with_mode(mode);
     let config = fs::read_only_config(FSNAME, THREADS);
     let live = serve(filesystem, mountpoint, &config, None)?;
     info!(layers = layers.len(), "mounted");

@@ -97,6 +97,9 @@ pub struct Snapshotter {
     /// namespace (containerd's applier makes whiteouts as 0/0 devices and sets trusted.*
     /// xattrs, and a containerd in a user namespace would mount the overlay instead).
     overlay: bool,
+    /// The merged trees of the chains mounted now, one per chain whatever the number of
+    /// snapshots on it.
+    trees: fs::TreeCache,
     state: Mutex<State>,
     /// Held for the process's life: one snapshotter per state root.
     _lock: File,
@@ -248,6 +251,7 @@ impl Snapshotter {
                 records,
                 live: HashMap::new(),
             }),
+            trees: fs::TreeCache::default(),
             _lock: lock,
         };
         s.clean_mounts(&s.lock());
@@ -367,17 +371,18 @@ impl Snapshotter {
                 if r.layers.is_empty() {
                     Ok(None)
                 } else {
-                    live::mount_view(&self.store, &r.layers, &mp).map(Some)
+                    live::mount_view(&self.store, &self.trees, &r.layers, &mp).map(Some)
                 }
             }
             Kind::Active => live::mount_active(
                 &self.store,
+                &self.trees,
                 &r.layers,
                 &self.dir_of(&r.key).join(RW_DIR),
                 &mp,
             )
             .map(Some),
-            Kind::View => live::mount_view(&self.store, &r.layers, &mp).map(Some),
+            Kind::View => live::mount_view(&self.store, &self.trees, &r.layers, &mp).map(Some),
             Kind::Committed => Err(SnapshotError::FailedPrecondition(format!(
                 "snapshot {} is committed: it has no mounts",
                 r.key

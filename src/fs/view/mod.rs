@@ -101,7 +101,8 @@ struct State {
 
 /// The writable merged view of one mount.
 pub struct View {
-    lower: MergedTree,
+    /// Shared with other views of the same lower chain in this process (see `fs::TreeCache`).
+    lower: Arc<MergedTree>,
     lower_data: Vec<PathBuf>,
     layer: RwLayer,
     st: Mutex<State>,
@@ -217,13 +218,13 @@ fn attr_of_node(ino: u64, n: &Node) -> Attr {
 impl View {
     /// Opens the view of `lower` (whose data files are in `lower_data[layer]`) with `layer`.
     pub fn new(
-        lower: MergedTree,
+        lower: impl Into<Arc<MergedTree>>,
         lower_data: Vec<PathBuf>,
         layer: RwLayer,
     ) -> Result<Self, RwError> {
         let l = layer.load()?;
         let v = View {
-            lower,
+            lower: lower.into(),
             lower_data,
             layer,
             st: Mutex::new(State {
