@@ -25,6 +25,9 @@ use strata_testkit::{MountGuard, Out, kill9, output_within, sample_image, strata
 #[path = "snapshotter/unpack.rs"]
 mod unpack;
 
+#[path = "snapshotter/stored.rs"]
+mod stored;
+
 const NAMESPACE: &str = "strata-test";
 const IMAGE: &str = "strata-sample:latest";
 const DEADLINE: Duration = Duration::from_secs(60);

@@ -15,6 +15,7 @@ use super::SnapshotError;
 use super::filter::Filters;
 use super::live::{self, Live};
 use super::record::{self, INFO_FILE, Kind, Record};
+use crate::digest::Digest;
 use crate::fs;
 use crate::fs::changes::tar::TarStats;
 use crate::fs::changes::{Change, ChangesError};
@@ -446,6 +447,22 @@ impl Snapshotter {
             );
             return Err(SnapshotError::AlreadyExists(target.clone()));
         }
+        // The same protocol for a layer strata holds already (`strata load` of the same
+        // image): the committed snapshot stands on the stored layer, nothing is unpacked.
+        if let Some(target) = labels.get(SNAPSHOT_REF)
+            && kind == Kind::Active
+            && let Some(layer) = self.stored_layer_for(&st, target, parent)?
+        {
+            let committed = self.commit_stored(parent, layers, layer, labels.clone())?;
+            info!(
+                target,
+                snapshot = committed.key,
+                "layer held by strata already: not unpacking it"
+            );
+            let target = target.clone();
+            st.records.insert(committed.key.clone(), committed);
+            return Err(SnapshotError::AlreadyExists(target));
+        }
         let dir = self.dir_of(key);
         if dir.exists() {
             // A creation that did not finish (no record): start over.
@@ -486,6 +503,81 @@ impl Snapshotter {
         st.records.insert(key.to_string(), rec);
         info!(extraction = mount.bind().is_none(), "snapshot created");
         Ok(mount)
+    }
+
+    /// The stored layer whose chain ID on `parent` is `target` (containerd names the snapshot
+    /// an unpack makes by its chain ID: the layer's diff ID on no parent, else the digest of
+    /// "PARENT-CHAIN DIFF-ID"). The parent's chain ID is its `SNAPSHOT_REF` label, or the
+    /// `sha256:…` its key ends with. `None` when strata does not hold such a layer.
+    fn stored_layer_for(
+        &self,
+        st: &State,
+        target: &str,
+        parent: &str,
+    ) -> Result<Option<Digest>, SnapshotError> {
+        let parent_chain = if parent.is_empty() {
+            None
+        } else {
+            let Some(p) = st.records.get(parent) else {
+                return Ok(None);
+            };
+            let from_key = parent
+                .rsplit('/')
+                .next()
+                .filter(|k| k.starts_with("sha256:"));
+            match p.labels.get(SNAPSHOT_REF).map(String::as_str).or(from_key) {
+                Some(c) => Some(c.to_string()),
+                None => return Ok(None),
+            }
+        };
+        let layers = self.store.layers().list()?;
+        Ok(layers.into_iter().find(|d| match &parent_chain {
+            None => d.as_str() == target,
+            Some(p) => Digest::of(format!("{p} {}", d.as_str()).as_bytes()).as_str() == target,
+        }))
+    }
+
+    /// Records the committed snapshot that an unpack on `parent` would have made, standing on
+    /// the stored `layer`: labelled as containerd asked, so that containerd finds it by its
+    /// chain ID; its key says where it comes from.
+    fn commit_stored(
+        &self,
+        parent: &str,
+        mut layers: Vec<Digest>,
+        layer: Digest,
+        labels: HashMap<String, String>,
+    ) -> Result<Record, SnapshotError> {
+        let target = labels.get(SNAPSHOT_REF).cloned().unwrap_or_default();
+        let key = format!("strata-layer/{} on {parent}", target);
+        let dir = self.dir_of(&key);
+        if dir.exists() {
+            self.delete_dir(&key)?;
+        }
+        make_dir(&dir, 0o700)?;
+        layers.push(layer);
+        let t = now();
+        let rec = Record {
+            key,
+            parent: parent.to_string(),
+            kind: Kind::Committed,
+            labels,
+            created: t,
+            updated: t,
+            upper: false,
+            layers,
+        };
+        let made = self
+            .store
+            .hold_layers(self.user_of(&rec.key), rec.layers.clone())
+            .map_err(SnapshotError::from)
+            .and_then(|_| rec.write(&dir));
+        if let Err(e) = made {
+            if let Err(e2) = self.delete_dir(&rec.key) {
+                warn!(error = %e2, "could not remove the half-made snapshot");
+            }
+            return Err(e);
+        }
+        Ok(rec)
     }
 
     /// An extraction snapshot's directories (before its record: a crash leaves a directory
