@@ -32,14 +32,20 @@ const CACHE_BYTES: u64 = 8 << 20;
 /// Allocations from this size up get mappings of their own in a process that serves writable
 /// layers (see [`tune_allocator`]).
 const MMAP_THRESHOLD: usize = 256 << 10;
+/// malloc arenas in a process that serves writable layers (see [`tune_allocator`]).
+const ARENAS: usize = 2;
 
 /// Call once at the start of a process that serves writable layers (a `mount --rw` daemon,
-/// a container's shim, the snapshotter): sled's page tables are multi-MiB zeroed arrays
-/// that stay almost empty, and glibc, once it has raised its mmap threshold, carves them
-/// from the heap and writes the zeros — resident at once. A fixed threshold keeps them as
-/// untouched mappings.
+/// a container's shim, the snapshotter), before it starts threads. sled's page tables are
+/// multi-MiB zeroed arrays that stay almost empty, and glibc, once it has raised its mmap
+/// threshold, carves them from the heap and writes the zeros — resident at once: a fixed
+/// threshold keeps them as untouched mappings. And the FUSE threads, the write-behind thread
+/// and sled's threads each churn through memory (records, batches, tree nodes): with an arena
+/// per thread each keeps its own high-water mark resident; with two they reuse each other's
+/// free memory.
 pub fn tune_allocator() {
     sys::malloc_mmap_threshold(MMAP_THRESHOLD);
+    sys::malloc_arena_max(ARENAS);
 }
 
 /// Copy-up granularity: writing one byte into a lower file copies at most this much.
@@ -177,7 +183,7 @@ pub struct Loaded {
 
 /// One atomic group of record changes.
 #[derive(Default)]
-pub struct Batch(sled::Batch);
+pub struct Batch(sled::Batch, u64);
 
 fn key(tag: u8, ino: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(9);
@@ -192,8 +198,14 @@ fn enc<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 impl Batch {
+    /// Bytes of the records put so far.
+    pub fn bytes(&self) -> u64 {
+        self.1
+    }
     pub fn put_inode(&mut self, ino: u64, inode: &Inode) {
-        self.0.insert(key(b'i', ino), enc(inode));
+        let v = enc(inode);
+        self.1 += 9 + v.len() as u64;
+        self.0.insert(key(b'i', ino), v);
     }
     pub fn del_inode(&mut self, ino: u64) {
         self.0.remove(key(b'i', ino));
@@ -202,6 +214,7 @@ impl Batch {
     pub fn put_dirent(&mut self, dir: u64, name: &[u8], ino: u64) {
         let mut k = key(b'd', dir);
         k.extend_from_slice(name);
+        self.1 += k.len() as u64 + 8;
         self.0.insert(k, &ino.to_be_bytes());
     }
     pub fn del_dirent(&mut self, dir: u64, name: &[u8]) {
@@ -210,6 +223,7 @@ impl Batch {
         self.0.remove(k);
     }
     pub fn put_chunks(&mut self, ino: u64, map: &[u8]) {
+        self.1 += 9 + map.len() as u64;
         self.0.insert(key(b'c', ino), map);
     }
     pub fn del_chunks(&mut self, ino: u64) {

@@ -112,8 +112,9 @@ pub struct View {
     st: Mutex<State>,
     /// Open backing files, so reads and writes do not open(2) per request.
     files: Mutex<HashMap<u64, Arc<File>>>,
-    /// Held by whoever writes dirty records to the layer, so batches land in order.
-    flushing: Mutex<()>,
+    /// Held by whoever writes dirty records to the layer, so batches land in order; counts
+    /// the bytes written since the allocator was last trimmed (see `writeback`).
+    flushing: Mutex<u64>,
 }
 
 /// Backing files kept open at most.
@@ -243,7 +244,7 @@ impl View {
                 evictions: 0,
             }),
             files: Mutex::new(HashMap::new()),
-            flushing: Mutex::new(()),
+            flushing: Mutex::new(0),
         };
         v.collect_garbage()?;
         Ok(v)

@@ -12,7 +12,8 @@
 //! Small files (see `inline`): a dirty record whose bytes are only in the layer is completed
 //! from the layer's record while the batch is built (under `flushing`, so that record cannot
 //! change meanwhile: the batch holds exactly what memory would), and the clean inline records
-//! of an applied batch drop their bytes.
+//! of an applied batch drop their bytes. Every few MiB written, the allocator gives its free
+//! memory back.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Weak};
@@ -25,6 +26,13 @@ use crate::rwlayer::{Batch, Data, Inode, RwError};
 
 /// How long a change may stay in memory only (the bound is 200 ms).
 pub const INTERVAL: Duration = Duration::from_millis(100);
+
+/// Record bytes written between two trims of the allocator. Writing a batch leaves a few times
+/// its size behind as free memory (the encoded records, sled's log buffers and tree node
+/// versions), in pieces malloc does not give back by itself: trimming after every few MiB
+/// keeps it from adding up to the daemon's peak RSS, at the cost of one walk of the free lists
+/// per that much written.
+const TRIM_AFTER: u64 = 2 << 20;
 
 /// Records changed since the last batch. A key is written as it is in memory at flush time:
 /// present → put, absent → delete.
@@ -136,7 +144,7 @@ impl View {
     ///
     /// [`sync_all`]: View::sync_all
     pub(super) fn write_behind(&self) -> Res<()> {
-        let _order = self.flushing.lock().unwrap_or_else(|e| e.into_inner());
+        let mut written = self.flushing.lock().unwrap_or_else(|e| e.into_inner());
         let (mut batch, taken, unfilled) = {
             let mut st = self.lock();
             if st.dirty.is_empty() {
@@ -163,6 +171,7 @@ impl View {
             }
         }
         let dead = !taken.dead_files.is_empty();
+        *written += batch.bytes();
         let mut result = self.layer.apply(batch);
         if result.is_ok() && dead {
             result = self.layer.flush();
@@ -171,6 +180,10 @@ impl View {
             return Err(self.failed(taken, e));
         }
         self.lock().evict_clean(taken.inodes.iter().copied());
+        if *written >= TRIM_AFTER {
+            *written = 0;
+            crate::sys::malloc_trim();
+        }
         for ino in taken.dead_files {
             let _ = std::fs::remove_file(self.layer.backing_path(ino));
         }
