@@ -180,6 +180,35 @@ pub fn malloc_mmap_threshold(bytes: usize) {
     let _ = bytes;
 }
 
+/// Makes glibc's malloc share at most `n` arenas among all threads (its default is eight per
+/// core, one per thread that allocates at the same time as another), so memory one thread
+/// frees is reused by the others instead of staying resident in an arena of its own. No effect
+/// off glibc.
+pub fn malloc_arena_max(n: usize) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let n = libc::c_int::try_from(n).unwrap_or(libc::c_int::MAX);
+        // SAFETY: mallopt(3) only sets a parameter of the allocator, which it reads under its
+        // own locks; it touches no memory of ours.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, n);
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = n;
+}
+
+/// Gives the free memory of every malloc arena back to the kernel (glibc's `malloc_trim`:
+/// the free pages inside the heaps too, not only their tops). No effect off glibc.
+pub fn malloc_trim() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim(3) only walks the allocator's own free lists under its own locks and
+    // releases pages no allocation uses; it touches no memory of ours.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Sends SIGTERM to `pid` (a process strata started).
 pub fn terminate(pid: i32) -> io::Result<()> {
     let pid = rustix::process::Pid::from_raw(pid)

@@ -4,7 +4,9 @@
 //!
 //! Locking: data I/O on a file wholly in its backing file runs outside the state lock (the
 //! kernel already serialises writes and truncates of one inode). Copy-up of lower chunks runs
-//! under it, so two copy-ups of one chunk can never interleave with a write.
+//! under it, so two copy-ups of one chunk can never interleave with a write. A small file whose
+//! bytes left memory (`inline`) is read from the layer outside the lock; a change of its data
+//! brings them back first.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -30,6 +32,8 @@ fn set_bit(map: &mut Vec<u8>, c: u64) {
 /// Where a read finds the bytes, taken under the lock and used outside it.
 enum Source {
     Zeros,
+    /// Inline bytes that are only in the layer.
+    Stored,
     Lower(u16, u32),
     Backing,
     Partial {
@@ -138,6 +142,19 @@ impl View {
     }
 
     pub fn read(&self, ino: u64, offset: u64, size: u32) -> Res<Vec<u8>> {
+        // A stored file whose data changed between the lock and the layer read (truncated
+        // to nothing or grown out of its record, and that written) is looked at again.
+        for _ in 0..3 {
+            if let Some(out) = self.read_once(ino, offset, size)? {
+                return Ok(out);
+            }
+        }
+        Err(libc::EIO)
+    }
+
+    /// One try of [`read`](Self::read): `None` if a stored file's bytes were gone from the
+    /// layer's record when it got there.
+    fn read_once(&self, ino: u64, offset: u64, size: u32) -> Res<Option<Vec<u8>>> {
         let (src, fsize) = {
             let st = self.lock();
             match st.inodes.get(&ino) {
@@ -147,12 +164,13 @@ impl View {
                     }
                     let src = match &i.data {
                         Data::None => Source::Zeros,
+                        Data::Inline(_) if st.is_stored(ino) => Source::Stored,
                         Data::Inline(v) => {
                             let s = (offset.min(v.len() as u64)) as usize;
                             let e = (offset.saturating_add(size as u64)).min(i.size) as usize;
                             let mut out = v.get(s..e.min(v.len())).unwrap_or(&[]).to_vec();
                             out.resize(e.saturating_sub(s), 0);
-                            return Ok(out);
+                            return Ok(Some(out));
                         }
                         Data::Lower { layer, file } => Source::Lower(*layer, *file),
                         Data::Backing => Source::Backing,
@@ -181,13 +199,22 @@ impl View {
                 }
             }
         };
+        if let Source::Stored = src {
+            // The record's bytes are the whole file (an inline file's size is their length).
+            let Some(bytes) = self.stored_bytes(ino)? else {
+                return Ok(None);
+            };
+            let s = offset.min(bytes.len() as u64) as usize;
+            let e = offset.saturating_add(size as u64).min(bytes.len() as u64) as usize;
+            return Ok(Some(bytes[s..e].to_vec()));
+        }
         if offset >= fsize {
-            return Ok(vec![]);
+            return Ok(Some(vec![]));
         }
         let end = fsize.min(offset + size as u64);
         let mut buf = vec![0u8; (end - offset) as usize];
         match src {
-            Source::Zeros => {}
+            Source::Zeros | Source::Stored => {}
             Source::Lower(layer, file) => {
                 read_full(&self.lower_file(layer, file)?, &mut buf, offset)?
             }
@@ -219,7 +246,7 @@ impl View {
                 }
             }
         }
-        Ok(buf)
+        Ok(Some(buf))
     }
 
     /// Moves a file with no data or inline data into a backing file of its own.
@@ -306,6 +333,9 @@ impl View {
 
     /// Sets the size of file `ino` (under the lock; `setattr` checked the kind).
     pub(super) fn truncate(&self, st: &mut State, ino: u64, size: u64) -> Res<()> {
+        if st.is_stored(ino) {
+            return Err(libc::EIO); // the caller must make its bytes resident: a bug
+        }
         let mut i = self.inode(st, ino)?;
         if size == i.size && !matches!(i.data, Data::None | Data::Inline(_)) {
             return Ok(());
@@ -380,7 +410,7 @@ impl View {
         let end = offset.checked_add(data.len() as u64).ok_or(libc::EFBIG)?;
         let now = Ts::now();
         let back = {
-            let mut st = self.lock();
+            let mut st = self.resident(ino)?;
             let i = self.record_mut(&mut st, ino)?;
             if i.kind != FileKind::File {
                 return Err(libc::EINVAL);
@@ -438,20 +468,26 @@ impl View {
 
     pub fn fallocate(&self, ino: u64, offset: u64, len: u64, mode: i32) -> Res<()> {
         let end = offset.checked_add(len).ok_or(libc::EFBIG)?;
-        let mut st = self.lock();
-        let mut i = self.inode(&st, ino)?;
-        if i.kind != FileKind::File {
-            return Err(libc::ENODEV);
-        }
         let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
         let punch = mode & libc::FALLOC_FL_PUNCH_HOLE != 0;
         let zero = mode & libc::FALLOC_FL_ZERO_RANGE != 0;
-        if mode
-            & !(libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE)
+        let unsupported = mode
+            & !(libc::FALLOC_FL_KEEP_SIZE
+                | libc::FALLOC_FL_PUNCH_HOLE
+                | libc::FALLOC_FL_ZERO_RANGE)
             != 0
-            || (punch && !keep)
-        {
+            || (punch && !keep);
+        if self.kind(&self.lock(), ino)? != FileKind::File {
+            return Err(libc::ENODEV);
+        }
+        if unsupported {
             return Err(libc::EOPNOTSUPP);
+        }
+        // The file moves to its backing file: a stored small file's bytes come back first.
+        let mut st = self.resident(ino)?;
+        let mut i = self.inode(&st, ino)?;
+        if i.kind != FileKind::File {
+            return Err(libc::ENODEV);
         }
         let copy_to = end.min(i.size);
         // The range's chunks must come from the backing file, where the space is allocated or

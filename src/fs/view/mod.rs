@@ -11,7 +11,8 @@
 //! bytes inline in their record (no backing file; an empty file has none either).
 //!
 //! State. All of it lives in memory (loaded in O(changes) at mount) under one mutex that is
-//! held only for in-memory work: never across file data I/O or database writes. A change
+//! held only for in-memory work: never across file data I/O or database reads and writes;
+//! except small files' bytes, which stay in memory only while they change (`inline`). A change
 //! marks its records dirty; `writeback` writes dirty records to the layer coalesced, as one
 //! atomic batch per interval, and always before `fsync`, `fsyncdir`, `sync_all` and drop
 //! return. Owns: overlay and POSIX semantics of the writable mount. Never writes a lower layer.
@@ -27,6 +28,7 @@ use libc::c_int;
 use tracing::warn;
 
 mod data;
+mod inline;
 mod names;
 pub mod setid;
 mod writeback;
@@ -97,6 +99,10 @@ struct State {
     lookups: HashMap<u64, u64>,
     /// Records changed in memory and not yet written to the layer.
     dirty: Dirty,
+    /// Inline files whose bytes are only in the layer (see `inline`), with the eviction that
+    /// dropped them from memory; `evictions` counts those.
+    stored: HashMap<u64, u64>,
+    evictions: u64,
 }
 
 /// The writable merged view of one mount.
@@ -108,8 +114,9 @@ pub struct View {
     st: Mutex<State>,
     /// Open backing files, so reads and writes do not open(2) per request.
     files: Mutex<HashMap<u64, Arc<File>>>,
-    /// Held by whoever writes dirty records to the layer, so batches land in order.
-    flushing: Mutex<()>,
+    /// Held by whoever writes dirty records to the layer, so batches land in order; counts
+    /// the bytes written since the allocator was last trimmed (see `writeback`).
+    flushing: Mutex<u64>,
 }
 
 /// Backing files kept open at most.
@@ -235,9 +242,11 @@ impl View {
                 open: HashMap::new(),
                 lookups: HashMap::new(),
                 dirty: Dirty::default(),
+                stored: l.inline_left.into_iter().map(|ino| (ino, 0)).collect(),
+                evictions: 0,
             }),
             files: Mutex::new(HashMap::new()),
-            flushing: Mutex::new(()),
+            flushing: Mutex::new(0),
         };
         v.collect_garbage()?;
         Ok(v)
@@ -586,17 +595,17 @@ mod tests {
     use crate::rwlayer::CHUNK;
     use std::os::unix::fs::MetadataExt;
 
-    const ROOT: u64 = super::super::tree::ROOT_INO;
+    pub(super) const ROOT: u64 = super::super::tree::ROOT_INO;
     const BIG: u64 = 1 << 20;
-    const ME: Caller = Caller { uid: 0, gid: 0 };
+    pub(super) const ME: Caller = Caller { uid: 0, gid: 0 };
 
-    fn pattern(len: u64) -> Vec<u8> {
+    pub(super) fn pattern(len: u64) -> Vec<u8> {
         (0..len).map(|i| (i % 251) as u8 + 1).collect()
     }
 
     /// A lower layer with `d/big` (1 MiB of a pattern) and an empty `d/sub/`, and a view over
     /// it whose writable layer is `dir/layer`.
-    fn view(dir: &std::path::Path) -> View {
+    pub(super) fn view(dir: &std::path::Path) -> View {
         let data = dir.join("lower");
         std::fs::create_dir_all(&data).unwrap();
         std::fs::write(data.join("0"), pattern(BIG)).unwrap();
@@ -613,7 +622,7 @@ mod tests {
         View::new(MergedTree::build(&[index]), vec![data], layer).unwrap()
     }
 
-    fn ino(v: &View, path: &str) -> u64 {
+    pub(super) fn ino(v: &View, path: &str) -> u64 {
         path.split('/')
             .fold(ROOT, |at, name| v.lookup(at, name.as_bytes()).unwrap().ino)
     }

@@ -135,6 +135,7 @@ impl View {
             .inodes
             .remove(&ino)
             .is_some_and(|i| matches!(i.data, Data::Backing | Data::Partial { .. }));
+        st.unstore(ino);
         st.chunks.remove(&ino);
         if let Some(entries) = st.dirs.remove(&ino) {
             for name in entries.keys() {
@@ -307,7 +308,10 @@ impl View {
 
     pub fn setattr(&self, ino: u64, set: &SetAttr) -> Res<Attr> {
         let a = {
-            let mut st = self.lock();
+            let mut st = match set.size {
+                Some(_) => self.resident(ino)?,
+                None => self.lock(),
+            };
             let now = Ts::now();
             if let Some(size) = set.size {
                 match self.kind(&st, ino)? {

@@ -7,7 +7,13 @@
 //! at some moment. Backing files of freed inodes are deleted only once the batch that drops
 //! their record is durable; backing files without a record (written before a crash, or
 //! left by an unlinked-open file) are deleted at the next mount. Must never hold the state
-//! lock across a database write.
+//! lock across a database read or write.
+//!
+//! Small files (see `inline`): a dirty record whose bytes are only in the layer is completed
+//! from the layer's record while the batch is built (under `flushing`, so that record cannot
+//! change meanwhile: the batch holds exactly what memory would), and the clean inline records
+//! of an applied batch drop their bytes. Every few MiB written, the allocator gives its free
+//! memory back.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Weak};
@@ -16,10 +22,17 @@ use std::time::Duration;
 use tracing::warn;
 
 use super::{Errno, Res, State, View, layer_errno};
-use crate::rwlayer::{Batch, Data, RwError};
+use crate::rwlayer::{Batch, Data, Inode, RwError};
 
 /// How long a change may stay in memory only (the bound is 200 ms).
 pub const INTERVAL: Duration = Duration::from_millis(100);
+
+/// Record bytes written between two trims of the allocator. Writing a batch leaves a few times
+/// its size behind as free memory (the encoded records, sled's log buffers and tree node
+/// versions), in pieces malloc does not give back by itself: trimming after every few MiB
+/// keeps it from adding up to the daemon's peak RSS, at the cost of one walk of the free lists
+/// per that much written.
+const TRIM_AFTER: u64 = 2 << 20;
 
 /// Records changed since the last batch. A key is written as it is in memory at flush time:
 /// present → put, absent → delete.
@@ -52,6 +65,9 @@ impl Dirty {
     pub fn dead_file(&mut self, ino: u64) {
         self.dead_files.push(ino);
     }
+    pub fn has_inode(&self, ino: u64) -> bool {
+        self.inodes.contains(&ino)
+    }
     fn is_empty(&self) -> bool {
         self.inodes.is_empty()
             && self.chunks.is_empty()
@@ -81,15 +97,21 @@ impl Dirty {
     }
 }
 
+/// A dirty record of a stored inline file, to complete with its bytes from the layer.
+type Unfilled = Vec<(u64, Inode)>;
+
 impl State {
-    /// Takes the dirty set and encodes the records it names, as they are now.
-    fn take_batch(&mut self) -> (Batch, Dirty) {
+    /// Takes the dirty set and encodes the records it names, as they are now; those of stored
+    /// inline files (see `inline`) come back unencoded, without their bytes.
+    fn take_batch(&mut self) -> (Batch, Dirty, Unfilled) {
         let failed = self.dirty.failed.take();
         let d = std::mem::take(&mut self.dirty);
         self.dirty.failed = failed;
         let mut b = Batch::default();
+        let mut unfilled = Vec::new();
         for &ino in &d.inodes {
             match self.inodes.get(&ino) {
+                Some(i) if self.is_stored(ino) => unfilled.push((ino, i.clone())),
                 Some(i) => b.put_inode(ino, i),
                 None => b.del_inode(ino),
             }
@@ -112,7 +134,7 @@ impl State {
         if d.next_ino {
             b.set_next_ino(self.next_ino);
         }
-        (b, d)
+        (b, d, unfilled)
     }
 }
 
@@ -122,21 +144,45 @@ impl View {
     ///
     /// [`sync_all`]: View::sync_all
     pub(super) fn write_behind(&self) -> Res<()> {
-        let _order = self.flushing.lock().unwrap_or_else(|e| e.into_inner());
-        let (batch, taken) = {
+        let mut written = self.flushing.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut batch, taken, unfilled) = {
             let mut st = self.lock();
             if st.dirty.is_empty() {
                 return Ok(());
             }
             st.take_batch()
         };
+        // The layer's records change only here, under `flushing`: a stored file's record there
+        // still holds the bytes it had when the batch was taken.
+        for (ino, mut i) in unfilled {
+            match self.layer.inline_data(ino) {
+                Ok(Some(bytes)) => {
+                    i.data = Data::Inline(bytes);
+                    batch.put_inode(ino, &i);
+                }
+                Ok(None) => {
+                    let e = RwError::Database {
+                        path: self.layer.dir().join("db"),
+                        why: format!("inode {ino}: stored inline data missing"),
+                    };
+                    return Err(self.failed(taken, e));
+                }
+                Err(e) => return Err(self.failed(taken, e)),
+            }
+        }
         let dead = !taken.dead_files.is_empty();
+        *written += batch.bytes();
         let mut result = self.layer.apply(batch);
         if result.is_ok() && dead {
             result = self.layer.flush();
         }
         if let Err(e) = result {
             return Err(self.failed(taken, e));
+        }
+        self.lock().evict_clean(taken.inodes.iter().copied());
+        if *written >= TRIM_AFTER {
+            *written = 0;
+            crate::sys::malloc_trim();
         }
         for ino in taken.dead_files {
             let _ = std::fs::remove_file(self.layer.backing_path(ino));
@@ -200,6 +246,7 @@ impl View {
             .collect();
         for ino in orphans {
             st.inodes.remove(&ino);
+            st.unstore(ino);
             st.chunks.remove(&ino);
             st.dirty.inode(ino);
         }
