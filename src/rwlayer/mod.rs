@@ -48,6 +48,38 @@ pub fn tune_allocator() {
     sys::malloc_arena_max(ARENAS);
 }
 
+/// How long `open` waits for sled's own file lock, which a database of this layer that this
+/// process has just closed can hold for a moment (sled's flusher thread lets it go when it
+/// ends). The layer's lock (`lock` in the directory) is held by then: no other process can
+/// be the one holding it.
+const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn open_db(db_path: &Path) -> Result<sled::Db, RwError> {
+    let started = std::time::Instant::now();
+    loop {
+        match sled::Config::new()
+            .path(db_path)
+            .cache_capacity(CACHE_BYTES)
+            .open()
+        {
+            Ok(db) => return Ok(db),
+            // sled says so only in words (an `Other` I/O error).
+            Err(sled::Error::Io(e))
+                if e.to_string().starts_with("could not acquire lock")
+                    && started.elapsed() < SLED_LOCK_WAIT =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => {
+                return Err(RwError::Database {
+                    path: db_path.to_path_buf(),
+                    why: e.to_string(),
+                });
+            }
+        }
+    }
+}
+
 /// Copy-up granularity: writing one byte into a lower file copies at most this much.
 pub const CHUNK: u64 = 64 * 1024;
 /// First inode number handed to inodes created in this layer; lower inodes are below.
@@ -326,14 +358,7 @@ impl RwLayer {
             }
         }
         let db_path = dir.join("db");
-        let db = sled::Config::new()
-            .path(&db_path)
-            .cache_capacity(CACHE_BYTES)
-            .open()
-            .map_err(|e| RwError::Database {
-                path: db_path.clone(),
-                why: e.to_string(),
-            })?;
+        let db = open_db(&db_path)?;
         Ok(RwLayer {
             dir: dir.to_path_buf(),
             db,
