@@ -71,15 +71,23 @@ fn stop_shows_its_wait_on_a_terminal_and_wait_ends_on_ctrl_c() {
         ],
     );
 
-    // Ctrl-C ends `wait` at once, and only `wait`.
-    let mut wait = Command::new(strata_bin())
-        .arg("--root")
+    // Ctrl-C ends `wait` at once, and only `wait`. As from a terminal: SIGINT in its default
+    // disposition (a test run started in the background of a shell inherits it ignored).
+    let mut wait = Command::new(strata_bin());
+    wait.arg("--root")
         .arg(r)
         .args(["wait", "stubborn"])
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::piped());
+    // SAFETY: between fork and exec the child only resets one signal's disposition, an
+    // async-signal-safe call on no shared state.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut wait, || {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    let mut wait = wait.spawn().unwrap();
     std::thread::sleep(Duration::from_millis(500));
     assert!(wait.try_wait().unwrap().is_none(), "wait returned early");
     let pid = rustix::process::Pid::from_raw(wait.id() as i32).unwrap();
