@@ -13,7 +13,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use super::setid::{self, InGroup};
-use super::{Attr, INLINE_MAX, OPEN_FILES, Res, State, View, io_errno, layer_errno};
+use super::{INLINE_MAX, OPEN_FILES, Res, State, View, io_errno, layer_errno};
 use crate::rwlayer::{CHUNK, Data, FileKind, Inode, Ts};
 
 fn bit(map: &[u8], c: u64) -> bool {
@@ -45,41 +45,10 @@ enum Source {
 }
 
 impl View {
-    pub fn open(&self, ino: u64) -> Res<Attr> {
-        let a = {
-            let mut st = self.lock();
-            let a = self.attr(&st, ino)?;
-            *st.open.entry(ino).or_default() += 1;
-            a
-        };
-        Ok(self.finish_attr(a))
-    }
-
-    /// Closes one handle of `ino`. An error a write-behind batch left for the file is
-    /// reported here (and at `fsync`), once.
-    pub fn release(&self, ino: u64) -> Res<()> {
-        let mut st = self.lock();
-        let left = match st.open.get_mut(&ino) {
-            Some(n) => {
-                *n = n.saturating_sub(1);
-                *n
-            }
-            None => 0,
-        };
-        if left == 0 {
-            st.open.remove(&ino);
-            self.free_if_orphan(&mut st, ino);
-        }
-        match st.dirty.take_error(ino) {
-            Some(errno) => Err(errno),
-            None => Ok(()),
-        }
-    }
-
-    /// Frees `ino` if it has no name, no open handle and no kernel reference left.
+    /// Frees `ino` if it has no name and no kernel reference left (an open file is one the
+    /// kernel references).
     fn free_if_orphan(&self, st: &mut State, ino: u64) {
-        if !st.open.contains_key(&ino)
-            && !st.lookups.contains_key(&ino)
+        if !st.lookups.contains_key(&ino)
             && st
                 .inodes
                 .get(&ino)

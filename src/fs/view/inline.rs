@@ -277,7 +277,7 @@ mod tests {
             let v = view(tmp.path());
             let f = small(&v, b"f", b"gone");
             let open = small(&v, b"open", b"still readable");
-            v.open(open).unwrap();
+            v.remember(&[open]);
             v.unlink(ROOT, b"f").unwrap();
             v.unlink(ROOT, b"open").unwrap();
             assert!(!v.lock().is_stored(f));
@@ -285,7 +285,7 @@ mod tests {
             v.write_behind().unwrap();
             // Unlinked while open: its record lives on, and so do its bytes.
             assert_eq!(v.read(open, 0, 100).unwrap(), b"still readable");
-            v.release(open).unwrap();
+            v.forget(&[(open, 1)]);
             assert!(!v.lock().is_stored(open));
             v.sync_all().unwrap();
             assert_eq!(v.layer.inline_data(f).unwrap(), None);

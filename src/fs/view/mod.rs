@@ -93,9 +93,8 @@ struct State {
     dirs: HashMap<u64, BTreeMap<Box<[u8]>, u64>>,
     chunks: HashMap<u64, Vec<u8>>,
     next_ino: u64,
-    /// Open handles per inode (`open`/`release`), and the kernel's references (lookup counts:
-    /// `remember`/`forget`): an unlinked inode lives until both are gone.
-    open: HashMap<u64, u32>,
+    /// The kernel's references (lookup counts: `remember`/`forget`; an open file is one it
+    /// references): an unlinked inode lives until they are gone.
     lookups: HashMap<u64, u64>,
     /// Records changed in memory and not yet written to the layer.
     dirty: Dirty,
@@ -239,7 +238,6 @@ impl View {
                 dirs: l.dirs,
                 chunks: l.chunks,
                 next_ino: l.next_ino,
-                open: HashMap::new(),
                 lookups: HashMap::new(),
                 dirty: Dirty::default(),
                 stored: l.inline_left.into_iter().map(|ino| (ino, 0)).collect(),
@@ -720,7 +718,7 @@ mod tests {
     }
 
     #[test]
-    fn unlinked_open_file_lives_until_release() {
+    fn unlinked_open_file_lives_until_the_kernel_forgets_it() {
         let tmp = tempfile::tempdir().unwrap();
         let v = view(tmp.path());
         let f = v
@@ -728,11 +726,12 @@ mod tests {
             .unwrap();
         let data = pattern(3 * INLINE_MAX);
         v.write(f.ino, 0, &data).unwrap();
-        v.open(f.ino).unwrap();
+        // The entry reply the kernel got (and holds while the file is open).
+        v.remember(&[f.ino]);
         v.unlink(ROOT, b"tmp").unwrap();
         assert_eq!(v.getattr(f.ino).unwrap().nlink, 0);
         assert_eq!(v.read(f.ino, 0, 1 << 20).unwrap(), data);
-        v.release(f.ino).unwrap();
+        v.forget(&[(f.ino, 1)]);
         assert_eq!(v.getattr(f.ino), Err(libc::ENOENT));
         v.sync_all().unwrap();
         assert!(!v.layer.backing_path(f.ino).exists());

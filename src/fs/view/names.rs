@@ -111,9 +111,8 @@ impl View {
         Ok(attr)
     }
 
-    /// Drops one name of `ino`; frees it when no name and no open handle is left.
+    /// Drops one name of `ino`; frees it when no name and no kernel reference is left.
     fn drop_link(&self, st: &mut State, ino: u64, now: Ts) -> Res<()> {
-        let open = st.open.get(&ino).copied().unwrap_or(0);
         let held = st.lookups.contains_key(&ino);
         let i = self.record_mut(st, ino)?;
         i.nlink = if i.kind == FileKind::Dir {
@@ -124,7 +123,7 @@ impl View {
         i.ctime = now;
         // A directory goes now (its entries are gone); a file the kernel still knows (open
         // somewhere, or cached) lives until it forgets it.
-        if i.nlink == 0 && open == 0 && (i.kind == FileKind::Dir || !held) {
+        if i.nlink == 0 && (i.kind == FileKind::Dir || !held) {
             self.free(st, ino);
         }
         Ok(())
