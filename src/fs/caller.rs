@@ -11,7 +11,7 @@ const CAP_FSETID: u32 = 4;
 
 /// The process that made a request: its PID and the fsuid/fsgid the request carries.
 #[derive(Clone, Copy, Debug)]
-pub struct Caller {
+pub struct Requester {
     pub pid: u32,
     pub uid: u32,
     pub gid: u32,
@@ -24,7 +24,7 @@ struct Status {
     groups: Vec<u32>,
 }
 
-impl Caller {
+impl Requester {
     fn status(&self) -> Option<Status> {
         let text =
             std::fs::read_to_string(PathBuf::from(format!("/proc/{}/status", self.pid))).ok()?;
@@ -87,7 +87,7 @@ mod tests {
 
     #[test]
     fn this_process() {
-        let me = Caller {
+        let me = Requester {
             pid: std::process::id(),
             uid: rustix::process::geteuid().as_raw(),
             gid: rustix::process::getegid().as_raw(),
@@ -97,7 +97,7 @@ mod tests {
         if me.uid == 0 {
             assert!(me.can_fsetid());
         }
-        let stranger = Caller {
+        let stranger = Requester {
             pid: u32::MAX,
             uid: 0,
             gid: 0,

@@ -155,9 +155,7 @@ impl TreeCache {
         layer_dir: &Path,
     ) -> Result<WritableFs, MountError> {
         let (tree, dirs) = self.get(store, layers)?;
-        let layer = RwLayer::open(layer_dir, chain_id(layers).as_str())?;
-        let view = view::View::new(tree, dirs, layer)?;
-        Ok(WritableFs::new(view))
+        writable(tree, dirs, layers, layer_dir)
     }
 
     /// How many chains have a live tree.
@@ -185,6 +183,17 @@ pub fn read_write(
     layer_dir: &Path,
 ) -> Result<WritableFs, MountError> {
     let (tree, dirs) = merged(store, layers)?;
+    writable(tree, dirs, layers, layer_dir)
+}
+
+/// The writable file system of the merged `tree` of `layers` with the writable layer at
+/// `layer_dir`.
+fn writable(
+    tree: impl Into<Arc<MergedTree>>,
+    dirs: Vec<PathBuf>,
+    layers: &[Digest],
+    layer_dir: &Path,
+) -> Result<WritableFs, MountError> {
     let layer = RwLayer::open(layer_dir, chain_id(layers).as_str())?;
     let view = view::View::new(tree, dirs, layer)?;
     Ok(WritableFs::new(view))

@@ -113,7 +113,7 @@ impl WritableFs {
     fn setid_dropped(
         &self,
         ino: u64,
-        caller: &caller::Caller,
+        caller: &caller::Requester,
         chown: bool,
         truncate: bool,
     ) -> Option<u32> {
@@ -203,8 +203,8 @@ fn time_or_now(t: TimeOrNow) -> Ts {
     }
 }
 
-fn caller(req: &Request) -> caller::Caller {
-    caller::Caller {
+fn requester(req: &Request) -> caller::Requester {
+    caller::Requester {
         pid: req.pid(),
         uid: req.uid(),
         gid: req.gid(),
@@ -294,7 +294,7 @@ impl Filesystem for WritableFs {
         let mode = mode.or_else(|| {
             self.setid_dropped(
                 ino.0,
-                &caller(req),
+                &requester(req),
                 uid.is_some() || gid.is_some() || nothing,
                 size.is_some(),
             )
@@ -497,7 +497,7 @@ impl Filesystem for WritableFs {
     ) {
         // The kernel flags the writes of callers without CAP_FSETID (FUSE_HANDLE_KILLPRIV_V2).
         let written = if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
-            let caller = caller(req);
+            let caller = requester(req);
             self.view
                 .write_as(ino.0, offset, data, Some(&|g| caller.in_group(g)))
         } else {
