@@ -341,3 +341,82 @@ pub(crate) fn readdir_after_changes(b: &dyn Backend) {
         assert_eq!(lstat(&m.p(p)).dev(), dev, "st_dev of {p}");
     }
 }
+
+/// Entries removed and added while directories are read, as `rm -rf` and concurrent readers
+/// do: every entry that stays is listed exactly once, and an offset a reader got back
+/// (`telldir`) resumes right after its entry.
+pub(crate) fn remove_while_listing(b: &dyn Backend) {
+    let m = b.mount();
+    // A merged directory (lower entries) with enough new long names for many getdents.
+    let dir = m.p("etc");
+    let mut want: BTreeSet<Vec<u8>> = raw_entries(&dir).into_iter().map(|e| e.0).collect();
+    for i in 0..1500 {
+        let n = format!("a-rather-long-name-to-fill-getdents-buffers-{i:05}");
+        std::fs::write(dir.join(&n), b"").unwrap();
+        want.insert(n.into_bytes());
+    }
+
+    // Two readers: A reads a third, B lists it all (and removes nothing), A reads on.
+    let fa = open(&dir, O::RDONLY | O::DIRECTORY, 0).unwrap();
+    let mut a = rustix::fs::Dir::read_from(&fa).unwrap();
+    let mut got_a = Vec::new();
+    let mut mark = None;
+    while got_a.len() < want.len() / 3 {
+        let e = a.read().unwrap().unwrap();
+        let name = e.file_name().to_bytes().to_vec();
+        if name != b"." && name != b".." {
+            got_a.push(name);
+            mark = Some((e.offset(), got_a.len()));
+        }
+    }
+    assert_eq!(raw_entries(&dir).len(), want.len());
+    while let Some(e) = a.read() {
+        let name = e.unwrap().file_name().to_bytes().to_vec();
+        if name != b"." && name != b".." {
+            got_a.push(name);
+        }
+    }
+    let set: BTreeSet<Vec<u8>> = got_a.iter().cloned().collect();
+    assert_eq!(set.len(), got_a.len(), "reader A saw an entry twice");
+    assert_eq!(set, want, "reader A's listing");
+
+    // seekdir back to A's mark: the rest of A's listing follows, even after a removal
+    // before the mark.
+    let (off, seen) = mark.unwrap();
+    std::fs::remove_file(dir.join(OsStr::from_bytes(&got_a[0]))).unwrap();
+    want.remove(&got_a[0]);
+    a.seek(off).unwrap();
+    let mut rest = Vec::new();
+    while let Some(e) = a.read() {
+        let name = e.unwrap().file_name().to_bytes().to_vec();
+        if name != b"." && name != b".." {
+            rest.push(name);
+        }
+    }
+    assert_eq!(rest, got_a[seen..], "after seekdir");
+
+    // rm -rf: each entry removed as soon as it is read; nothing is left.
+    let fd = open(&dir, O::RDONLY | O::DIRECTORY, 0).unwrap();
+    let mut d = rustix::fs::Dir::read_from(&fd).unwrap();
+    let mut removed = BTreeSet::new();
+    while let Some(e) = d.read() {
+        let e = e.unwrap();
+        let name = e.file_name().to_bytes().to_vec();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        let p = dir.join(OsStr::from_bytes(&name));
+        if e.file_type() == rustix::fs::FileType::Directory {
+            std::fs::remove_dir_all(&p).unwrap();
+        } else {
+            std::fs::remove_file(&p).unwrap();
+        }
+        assert!(removed.insert(name), "listed twice while removing");
+    }
+    assert_eq!(removed, want);
+    assert_eq!(
+        raw_entries(&dir),
+        vec![],
+        "left after removing what was listed"
+    );
+}

@@ -82,6 +82,7 @@ scenarios! {
     mkdir_rmdir: kernel_mkdir_rmdir, strata_mkdir_rmdir;
     rmdir_then_mkdir_is_opaque: kernel_rmdir_then_mkdir_is_opaque, strata_rmdir_then_mkdir_is_opaque;
     readdir_after_changes: kernel_readdir_after_changes, strata_readdir_after_changes;
+    remove_while_listing: kernel_remove_while_listing, strata_remove_while_listing;
     rename_files: kernel_rename_files, strata_rename_files;
     rename_lower_directory: kernel_rename_lower_directory, strata_rename_lower_directory;
     rename_noreplace_and_exchange:

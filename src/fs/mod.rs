@@ -14,6 +14,7 @@ pub mod access;
 mod caller;
 pub mod changes;
 mod fuse;
+mod listing;
 mod rwfuse;
 pub mod tree;
 pub mod view;

@@ -1,27 +1,27 @@
 //! The FUSE adapter for a writable merged view: each request becomes one call on [`View`].
 //!
-//! Nothing here decides semantics; it converts types, keeps directory handles, and picks the
-//! cache flags. Reads and writes go through userspace: with FUSE passthrough the
+//! Nothing here decides semantics; it converts types, keeps the listings of directories
+//! being read (`listing`), and picks the cache flags. Reads and writes go through userspace: with FUSE passthrough the
 //! kernel allows one backing file per inode, and a lower file being copied up would need two.
 //! FLUSH is answered `ENOSYS`, which turns it off for the connection: `close` costs no round
 //! trip (write-behind errors are reported at `fsync`, as the kernel reports writeback errors).
 //! OPEN and CREATE are answered `ENOSYS` too: opening a file costs no round trip (the kernel
 //! keeps its page cache), a new file is one MKNOD, and no file is ever RELEASEd. An unlinked
 //! file stays alive while the kernel holds a reference to it (every entry reply counts one,
-//! FORGET drops them), which covers open files.
+//! FORGET drops them), which covers open files. OPENDIR is answered `ENOSYS` as well (no
+//! round trip per directory opened); READDIR offsets are then stable per name (`listing`).
 //! Without atomic O_TRUNC the kernel truncates with SETATTR. `FUSE_HANDLE_KILLPRIV_V2` leaves
 //! dropping setuid/setgid bits on write, truncate and chown to strata (the view applies the
 //! kernel's rules, `view::setid`): the kernel's own check cost a GETATTR per chown.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
     ReplyXattr, Request, TimeOrNow, WriteFlags,
@@ -30,6 +30,7 @@ use tracing::instrument;
 
 use super::caller;
 use super::fuse::{reply_sized, to_time};
+use super::listing::{Listing, Listings};
 use super::view::setid;
 use super::view::{Attr, Caller, SetAttr, View};
 use crate::rwlayer::{FileKind, Ts};
@@ -39,20 +40,16 @@ use crate::rwlayer::{FileKind, Ts};
 const TTL: Duration = Duration::from_secs(3600);
 const MAX_WRITE: u32 = 1 << 20;
 
-type DirSnapshot = Arc<Vec<(Box<[u8]>, u64, FileKind)>>;
-
 /// The writable file system of one mount.
 pub struct WritableFs {
     view: Arc<View>,
-    /// Open directories: a listing taken when a reader starts at offset 0, so entries removed
-    /// while it walks the directory never make it skip others (`rm -rf`). `None` until then
-    /// (a warm walk whose listing the kernel has cached never reads it).
-    dirs: Mutex<HashMap<u64, Option<DirSnapshot>>>,
+    /// Directories being read (OPENDIR is off: READDIR's offset alone says where a reader
+    /// is, so offsets stay valid while the directory changes).
+    listings: Listings,
     /// Inodes whose `security.capability` the kernel just removed: a SETATTR that sets nothing
     /// right after it is the kernel dropping file capabilities before a write (the mode
     /// stays), not `chown(path, -1, -1)`.
     caps_dropped: Mutex<HashSet<u64>>,
-    next_fh: AtomicU64,
 }
 
 /// The xattr that holds file capabilities.
@@ -67,44 +64,23 @@ impl WritableFs {
         view.start_write_behind();
         WritableFs {
             view,
-            dirs: Mutex::default(),
+            listings: Listings::default(),
             caps_dropped: Mutex::default(),
-            next_fh: AtomicU64::new(1),
         }
     }
 
-    /// The listing of directory `ino` for handle `fh`: taken now when the reader starts at
-    /// offset 0 (or `rewinddir`), else the one it took then.
-    fn snapshot(&self, ino: u64, fh: FileHandle, offset: u64) -> Result<DirSnapshot, Errno> {
-        if offset != 0
-            && let Some(Some(s)) = self
-                .dirs
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&fh.0)
-        {
-            return Ok(s.clone());
-        }
-        let (parent, mut entries) = self.view.readdir(ino).map_err(e)?;
-        entries.insert(0, (b".."[..].into(), parent, FileKind::Dir));
-        entries.insert(0, (b"."[..].into(), ino, FileKind::Dir));
-        let snap = Arc::new(entries);
-        let mut dirs = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
-        match dirs.get_mut(&fh.0) {
-            Some(slot) => *slot = Some(snap.clone()),
-            None => return Err(Errno::EBADF),
-        }
-        Ok(snap)
+    /// The listing to answer a READDIR of `ino` at `offset` from.
+    fn listing(&self, ino: u64, offset: u64) -> Result<Arc<Listing>, Errno> {
+        self.listings.get(ino, offset, || {
+            let (parent, children) = self.view.readdir(ino).map_err(e)?;
+            Ok(Listing::new(ino, parent, children))
+        })
     }
 
     /// Replies with an entry: the kernel holds one more reference to it from now on.
     fn entry(&self, reply: ReplyEntry, a: &Attr) {
         self.view.remember(&[a.ino]);
         reply.entry(&TTL, &fattr(a), Generation(0));
-    }
-
-    fn fh(&self) -> u64 {
-        self.next_fh.fetch_add(1, Ordering::Relaxed)
     }
 
     /// The mode a chown or a truncate leaves on `ino` when it drops a setuid or setgid bit,
@@ -552,38 +528,12 @@ impl Filesystem for WritableFs {
         }
     }
 
+    /// `ENOSYS` once turns OPENDIR (and RELEASEDIR) off for the connection: opening a
+    /// directory costs no round trip, and the kernel still caches listings (its default for
+    /// a directory opened without OPENDIR is `FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE`).
     #[instrument(level = "debug", skip_all, fields(ino = ino.0))]
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.view.getattr(ino.0) {
-            Ok(a) if a.kind != FileKind::Dir => reply.error(Errno::ENOTDIR),
-            Ok(_) => {
-                let fh = self.fh();
-                self.dirs
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(fh, None);
-                reply.opened(
-                    FileHandle(fh),
-                    FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-                );
-            }
-            Err(x) => reply.error(e(x)),
-        }
-    }
-
-    fn releasedir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        reply: ReplyEmpty,
-    ) {
-        self.dirs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&fh.0);
-        reply.ok();
+        reply.error(Errno::ENOSYS);
     }
 
     #[instrument(level = "debug", skip_all, fields(ino = ino.0, offset))]
@@ -591,23 +541,28 @@ impl Filesystem for WritableFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let snap = match self.snapshot(ino.0, fh, offset) {
-            Ok(s) => s,
+        let listing = match self.listing(ino.0, offset) {
+            Ok(l) => l,
             Err(x) => return reply.error(x),
         };
-        for (i, (name, child, kind)) in snap.iter().enumerate().skip(offset as usize) {
-            if reply.add(
-                INodeNo(*child),
-                i as u64 + 1,
-                ftype(*kind),
-                OsStr::from_bytes(name),
-            ) {
+        let mut full = false;
+        for en in listing.after(offset) {
+            full = reply.add(
+                INodeNo(en.ino),
+                en.offset,
+                ftype(en.kind),
+                OsStr::from_bytes(&en.name),
+            );
+            if full {
                 break;
             }
+        }
+        if !full {
+            self.listings.done(ino.0, &listing);
         }
         reply.ok();
     }
@@ -617,36 +572,41 @@ impl Filesystem for WritableFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let snap = match self.snapshot(ino.0, fh, offset) {
-            Ok(s) => s,
+        let listing = match self.listing(ino.0, offset) {
+            Ok(l) => l,
             Err(x) => return reply.error(x),
         };
         let mut given = Vec::new();
-        for (i, (name, child, _)) in snap.iter().enumerate().skip(offset as usize) {
-            // An entry removed since opendir is skipped rather than shown stale.
-            let Ok(a) = self.view.getattr(*child) else {
+        let mut full = false;
+        for en in listing.after(offset) {
+            // An entry removed since the listing was taken is skipped rather than shown stale.
+            let Ok(a) = self.view.getattr(en.ino) else {
                 continue;
             };
-            if reply.add(
-                INodeNo(*child),
-                i as u64 + 1,
-                OsStr::from_bytes(name),
+            full = reply.add(
+                INodeNo(en.ino),
+                en.offset,
+                OsStr::from_bytes(&en.name),
                 &TTL,
                 &fattr(&a),
                 Generation(0),
-            ) {
+            );
+            if full {
                 break;
             }
             // The kernel takes a reference to every entry but `.` and `..`.
-            if i >= 2 {
-                given.push(*child);
+            if en.offset > 2 {
+                given.push(en.ino);
             }
         }
         self.view.remember(&given);
+        if !full {
+            self.listings.done(ino.0, &listing);
+        }
         reply.ok();
     }
 
