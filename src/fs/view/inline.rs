@@ -11,9 +11,7 @@
 //! a stored record's bytes in memory (its payload there is empty) and never read the layer
 //! under the state lock.
 
-use std::sync::MutexGuard;
-
-use super::{Res, State, View, layer_errno};
+use super::{Locked, Res, State, View, layer_errno};
 use crate::rwlayer::{Data, Inode};
 
 impl State {
@@ -52,7 +50,7 @@ impl State {
 impl View {
     /// The state lock, with the inline bytes of `ino` back in memory if they were stored: for
     /// a change of its data. The record stays clean (it equals the layer's).
-    pub(super) fn resident(&self, ino: u64) -> Res<MutexGuard<'_, State>> {
+    pub(super) fn resident(&self, ino: u64) -> Res<Locked<'_>> {
         if let Some(st) = self.fetch(ino)? {
             return Ok(st);
         }
@@ -63,7 +61,7 @@ impl View {
     }
 
     /// One try of [`resident`](Self::resident): `None` when `ino` was evicted anew meanwhile.
-    fn fetch(&self, ino: u64) -> Res<Option<MutexGuard<'_, State>>> {
+    fn fetch(&self, ino: u64) -> Res<Option<Locked<'_>>> {
         let st = self.lock();
         let Some(&round) = st.stored.get(&ino) else {
             return Ok(Some(st));

@@ -116,6 +116,36 @@ pub struct View {
     /// Held by whoever writes dirty records to the layer, so batches land in order; counts
     /// the bytes written since the allocator was last trimmed (see `writeback`).
     flushing: Mutex<u64>,
+    /// Wakes the write-behind thread early (see `writeback::BATCH_KEYS`).
+    wake: Arc<writeback::Wake>,
+}
+
+/// The view's state, locked. Unlocking wakes the write-behind thread once enough records are
+/// dirty, so batches stay small.
+struct Locked<'a> {
+    st: MutexGuard<'a, State>,
+    wake: &'a writeback::Wake,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.st
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.st
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        if self.st.dirty.wake_writer() {
+            self.wake.notify();
+        }
+    }
 }
 
 /// Backing files kept open at most.
@@ -245,13 +275,17 @@ impl View {
             }),
             files: Mutex::new(HashMap::new()),
             flushing: Mutex::new(0),
+            wake: Arc::default(),
         };
         v.collect_garbage()?;
         Ok(v)
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.st.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> Locked<'_> {
+        Locked {
+            st: self.st.lock().unwrap_or_else(|e| e.into_inner()),
+            wake: &self.wake,
+        }
     }
 
     fn lower_node(&self, ino: u64) -> Option<&Node> {

@@ -1,6 +1,9 @@
 //! Metadata write-behind of the writable view: which records changed in memory, and writing
 //! them to the layer coalesced — one atomic batch per interval holding each changed record
-//! once (a file created, written, chmod'ed and closed is one record write).
+//! once (a file created, written, chmod'ed and closed is one record write), or sooner once
+//! [`BATCH_KEYS`] records are dirty: sled 0.34 keeps memory in proportion to the size of the
+//! batches it applies (measured: 10k inserts and deletes in batches of 200 keys leave 15 MiB
+//! resident, in batches of 1,000 over 200 MiB, the same time either way).
 //!
 //! Crash rule: a batch is built from one consistent moment of the in-memory state (under the
 //! state lock) and applied atomically, so after `kill -9` the layer shows a state that existed
@@ -16,7 +19,7 @@
 //! memory back.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::Duration;
 
 use tracing::warn;
@@ -26,6 +29,9 @@ use crate::rwlayer::{Batch, Data, Inode, RwError};
 
 /// How long a change may stay in memory only (the bound is 200 ms).
 pub const INTERVAL: Duration = Duration::from_millis(100);
+
+/// Dirty records that wake the write-behind thread before the interval is over.
+pub const BATCH_KEYS: usize = 200;
 
 /// Record bytes written between two trims of the allocator. Writing a batch leaves a few times
 /// its size behind as free memory (the encoded records, sled's log buffers and tree node
@@ -47,6 +53,8 @@ pub(super) struct Dirty {
     /// A write-behind batch failed: its errno, reported once per affected inode by the next
     /// `fsync` or `release` of it.
     failed: Option<(Errno, HashSet<u64>)>,
+    /// The write-behind thread was woken for these records (once per batch).
+    woken: bool,
 }
 
 impl Dirty {
@@ -67,6 +75,19 @@ impl Dirty {
     }
     pub fn has_inode(&self, ino: u64) -> bool {
         self.inodes.contains(&ino)
+    }
+    /// Records a batch would write now.
+    fn len(&self) -> usize {
+        self.inodes.len() + self.chunks.len() + self.dirents.len()
+    }
+    /// Whether enough records are dirty to wake the write-behind thread now (true once per
+    /// batch).
+    pub fn wake_writer(&mut self) -> bool {
+        if self.woken || self.len() < BATCH_KEYS {
+            return false;
+        }
+        self.woken = true;
+        true
     }
     fn is_empty(&self) -> bool {
         self.inodes.is_empty()
@@ -94,6 +115,30 @@ impl Dirty {
             return Some(errno);
         }
         None
+    }
+}
+
+/// Wakes the write-behind thread before its interval is over.
+#[derive(Default)]
+pub(super) struct Wake {
+    woken: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Wake {
+    pub fn notify(&self) {
+        *self.woken.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.cv.notify_one();
+    }
+
+    /// Returns when notified or after `timeout`.
+    fn wait(&self, timeout: Duration) {
+        let g = self.woken.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut g, _) = self
+            .cv
+            .wait_timeout_while(g, timeout, |woken| !*woken)
+            .unwrap_or_else(|e| e.into_inner());
+        *g = false;
     }
 }
 
@@ -215,15 +260,16 @@ impl View {
         self.layer.flush().map_err(layer_errno)
     }
 
-    /// Starts the thread that writes dirty records every [`INTERVAL`]; it ends when the
-    /// view is dropped.
+    /// Starts the thread that writes dirty records every [`INTERVAL`], or as soon as
+    /// [`BATCH_KEYS`] are dirty; it ends when the view is dropped.
     pub fn start_write_behind(self: &Arc<Self>) {
         let weak: Weak<View> = Arc::downgrade(self);
+        let wake = self.wake.clone();
         let spawned = std::thread::Builder::new()
             .name("strata-writeback".into())
             .spawn(move || {
                 loop {
-                    std::thread::sleep(INTERVAL);
+                    wake.wait(INTERVAL);
                     let Some(v) = weak.upgrade() else { break };
                     // A failure is kept for fsync/close of the files it touched.
                     let _ = v.write_behind();
@@ -272,5 +318,50 @@ impl Drop for View {
         if let Err(errno) = self.sync_all() {
             warn!(errno, "writable layer not fully written at unmount");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn the_writer_is_woken_once_per_batch_at_batch_keys() {
+        let mut d = Dirty::default();
+        for ino in 0..(BATCH_KEYS as u64 - 1) {
+            d.inode(ino);
+            assert!(!d.wake_writer(), "woken at {} records", ino + 1);
+        }
+        d.dirent(1, b"name");
+        assert!(d.wake_writer());
+        d.inode(10_000);
+        assert!(!d.wake_writer(), "woken twice for one batch");
+        let mut next = Dirty::default(); // what take_batch leaves behind
+        std::mem::swap(&mut d, &mut next);
+        d.chunks(1);
+        assert!(!d.wake_writer());
+    }
+
+    #[test]
+    fn a_notified_writer_does_not_wait_out_its_interval() {
+        let wake = Arc::new(Wake::default());
+        let t = Instant::now();
+        let w = wake.clone();
+        let notifier = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            w.notify();
+        });
+        wake.wait(Duration::from_secs(60));
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "waited {:?}",
+            t.elapsed()
+        );
+        notifier.join().unwrap();
+        // A notification is consumed: the next wait runs to its timeout.
+        let t = Instant::now();
+        wake.wait(Duration::from_millis(100));
+        assert!(t.elapsed() >= Duration::from_millis(100));
     }
 }
