@@ -2,7 +2,8 @@
 //!
 //! Owns the overlay semantics (`tree`), the read-only FUSE adapter (`fuse`), the writable
 //! view over one writable layer (`view`) and its FUSE adapter (`rwfuse`, with `caller`: what
-//! `/proc` says of the process behind a request), the change set of
+//! `/proc` says of the process behind a request, and `listing`: directory offsets that stay
+//! valid while entries come and go), the change set of
 //! a writable view (`changes`: Docker's A/C/D, as a layer tar, served to other processes),
 //! the rules for where a mount may go, and what this user may do with FUSE (`access`: the
 //! device, `fusermount3`, `allow_other`, passthrough). Must never modify a read-only layer,
