@@ -1,8 +1,9 @@
 //! The FUSE adapter for a writable merged view: each request becomes one call on [`View`].
 //!
 //! Nothing here decides semantics; it converts types, keeps the listings of directories
-//! being read (`listing`), and picks the cache flags. Reads and writes go through userspace: with FUSE passthrough the
-//! kernel allows one backing file per inode, and a lower file being copied up would need two.
+//! being read (`listing`), and picks the cache flags. Reads and writes go through userspace:
+//! with FUSE passthrough the kernel allows one backing file per inode, and a lower file being
+//! copied up would need two.
 //! FLUSH is answered `ENOSYS`, which turns it off for the connection: `close` costs no round
 //! trip (write-behind errors are reported at `fsync`, as the kernel reports writeback errors).
 //! OPEN and CREATE are answered `ENOSYS` too: opening a file costs no round trip (the kernel
