@@ -182,6 +182,12 @@ def main():
         lines.append(f"machine: {info.get('cpus', '?')} CPUs, load average (1/5/15 min) {info['load_start']} at the start, "
                      f"{info.get('load_end', '?')} at the end (other work on the machine makes every number noisier); "
                      f"open files limit {info.get('nofile', '?')} (soft/hard)")
+    if "cpuidle" in info:
+        why = ""
+        if "guest_halt_poll_ns" in info["cpuidle"]:
+            why = (" (0 = no halt polling: each FUSE round trip that wakes an idle vCPU costs "
+                   "more; see tools/README)")
+        lines.append(f"cpu idle driver: {info['cpuidle']}{why}")
     if "scratch_fs" in info:
         lines.append(f"writable mounts' upper / layer dirs on {info['scratch_fs']}")
     for fs, name in FS:
