@@ -84,14 +84,7 @@ fn extraction_snapshots_write_into_a_plain_upper_directory() {
     }
     std::fs::hard_link(upper.join("keep/a"), upper.join("keep/b")).expect("link");
     std::os::unix::fs::symlink("a", upper.join("keep/to-a")).expect("symlink");
-    std::fs::set_permissions(upper.join("keep"), std::fs::Permissions::from_mode(0o710))
-        .expect("chmod");
-    rustix::fs::chown(
-        upper.join("keep"),
-        Some(rustix::fs::Uid::from_raw(1000)),
-        Some(rustix::fs::Gid::from_raw(1000)),
-    )
-    .expect("chown");
+    keep_attributes(&upper.join("keep"));
     set_xattr(&upper.join("keep/a"), "user.note", b"xattr kept");
     s.commit("ns/2/sha256:base", "ns/1/extract-1 sha256:base", none())
         .expect("commit base");
@@ -133,14 +126,7 @@ fn extraction_snapshots_write_into_a_plain_upper_directory() {
     set_xattr(&upper.join("opq"), "trusted.overlay.opaque", b"y");
     std::fs::write(upper.join("opq/new"), b"above\n").expect("write");
     std::fs::create_dir(upper.join("keep")).expect("mkdir");
-    std::fs::set_permissions(upper.join("keep"), std::fs::Permissions::from_mode(0o710))
-        .expect("chmod");
-    rustix::fs::chown(
-        upper.join("keep"),
-        Some(rustix::fs::Uid::from_raw(1000)),
-        Some(rustix::fs::Gid::from_raw(1000)),
-    )
-    .expect("chown");
+    keep_attributes(&upper.join("keep"));
     std::fs::write(upper.join("keep/c"), b"new in a lower dir\n").expect("write");
 
     // A restart of the snapshotter: the record and the upper directory stay; the lower view
@@ -528,4 +514,16 @@ fn strip_ansi(text: &str) -> String {
         }
     }
     out
+}
+
+/// The mode and owner `keep/` has in both layers (a copied-up lower directory keeps the
+/// lower's attributes).
+fn keep_attributes(dir: &Path) {
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o710)).expect("chmod");
+    rustix::fs::chown(
+        dir,
+        Some(rustix::fs::Uid::from_raw(1000)),
+        Some(rustix::fs::Gid::from_raw(1000)),
+    )
+    .expect("chown");
 }
