@@ -139,6 +139,8 @@ pub struct Session<FS: Filesystem> {
     /// The field is set to `Some` when the init message is received.
     pub(crate) proto_version: Option<Version>,
     pub(crate) config: Config,
+    /// Set by the handshake when the kernel agreed to FUSE over io_uring (strata).
+    pub(crate) uring: Option<crate::uring::RingParams>,
 }
 
 impl<FS: Filesystem> AsFd for Session<FS> {
@@ -186,6 +188,7 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config: options.clone(),
+            uring: None,
         };
 
         session.handshake()?;
@@ -214,6 +217,7 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config,
+            uring: None,
         };
 
         session.handshake()?;
@@ -252,6 +256,7 @@ impl<FS: Filesystem> Session<FS> {
             session_owner,
             proto_version: _,
             config,
+            uring,
         } = self;
 
         let n_threads = config.n_threads.unwrap_or(1);
@@ -286,6 +291,7 @@ impl<FS: Filesystem> Session<FS> {
                 channels.push(ch.clone());
             }
         }
+        let ring_ch = ch.clone();
         channels.push(ch);
 
         let mut threads = Vec::with_capacity(n_threads);
@@ -306,6 +312,21 @@ impl<FS: Filesystem> Session<FS> {
             );
         }
 
+        // strata: the io_uring queues, when the handshake negotiated them. If they cannot be
+        // started, every request keeps coming through /dev/fuse.
+        let rings = match (uring, threads.first()) {
+            (Some(params), Some(_)) => {
+                match crate::uring::start(&filesystem, &ring_ch, allowed, session_owner, params) {
+                    Ok(rings) => Some(rings),
+                    Err(e) => {
+                        warn!("FUSE over io_uring not started: {e}");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+
         let mut reply: io::Result<()> = Ok(());
         for thread in threads {
             let res = match thread.join() {
@@ -319,6 +340,10 @@ impl<FS: Filesystem> Session<FS> {
                     reply = Err(e);
                 }
             }
+        }
+
+        if let Some(rings) = rings {
+            rings.stop();
         }
 
         let Some(filesystem) = Arc::get_mut(&mut filesystem) else {
@@ -429,6 +454,16 @@ impl<FS: Filesystem> Session<FS> {
                 return Err(error);
             }
 
+            // strata: FUSE over io_uring when the configuration asks for it and the kernel
+            // offers it (Linux 6.14+ with fuse's `enable_uring` parameter set).
+            if self.config.io_uring && init.capabilities().contains(InitFlags::FUSE_OVER_IO_URING) {
+                let _ = config.add_capabilities(InitFlags::FUSE_OVER_IO_URING);
+                let payload = (config.max_write as usize)
+                    .max(usize::from(config.max_pages()) * page_size::get())
+                    .max(abi::consts::FUSE_MIN_READ_BUFFER);
+                self.uring = Some(crate::uring::RingParams { payload });
+            }
+
             // Remember the ABI version supported by kernel and mark the session initialized.
             self.proto_version = Some(v);
 
@@ -530,7 +565,10 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
             // Read the next request from the given channel to kernel driver
             // The kernel driver makes sure that we get exactly one request per read
             match self.ch.receive_retrying(buf) {
-                Ok(size) => match RequestWithSender::new(self.ch.sender(), &buf[..size]) {
+                Ok(size) => match RequestWithSender::new(
+                    ReplySender::Channel(self.ch.sender()),
+                    &buf[..size],
+                ) {
                     // Dispatch request
                     Some(req) => {
                         if let Ok(Operation::Destroy(_)) = req.request.operation() {

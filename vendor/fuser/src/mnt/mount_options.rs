@@ -18,6 +18,9 @@ pub struct Config {
     /// This enables more efficient request processing
     /// when multiple threads are used. Requires Linux 4.5+.
     pub clone_fd: bool,
+    /// Serve requests through FUSE over io_uring (one queue per CPU) when the kernel offers
+    /// it: Linux 6.14+ with `/sys/module/fuse/parameters/enable_uring` set. Added by strata.
+    pub io_uring: bool,
 }
 
 /// Mount options accepted by the FUSE filesystem type
