@@ -16,8 +16,9 @@ import statistics
 import sys
 
 FS = [("kernel", "kernel"), ("fo110", "fo-1.10"), ("fo2", "fo-2.0"), ("strata", "strata"),
-      ("strata-no", "strata-no")]
-WRITE_FS = {"kernel", "fo110", "fo2", "strata"}  # strata-no (--io no-open) is a read-only mode
+      ("strata-no", "strata-no"), ("strata-dev", "strata-dev")]
+WRITE_FS = {"kernel", "fo110", "fo2", "strata", "strata-dev"}  # strata-no (--io no-open): read-only
+READ_FS = {"kernel", "fo110", "fo2", "strata", "strata-no"}  # strata-dev (--io-uring off): writable
 
 # key, label, kind: time (seconds, ratio to kernel) | rss (KiB -> MiB, no ratio) |
 # size (KiB -> MiB, no ratio) | derived | section (a heading line)
@@ -152,7 +153,8 @@ def main():
         cells = []
         for fs, _ in FS:
             v = results[key].get(fs)
-            if (kind == "rss" and fs == "kernel") or (is_write and fs not in WRITE_FS):
+            if ((kind == "rss" and fs == "kernel") or (is_write and fs not in WRITE_FS)
+                    or (not is_write and fs not in READ_FS)):
                 cells.append("-")
             elif v is None:
                 cells.append("n/a")
@@ -188,6 +190,9 @@ def main():
             why = (" (0 = no halt polling: each FUSE round trip that wakes an idle vCPU costs "
                    "more; see tools/README)")
         lines.append(f"cpu idle driver: {info['cpuidle']}{why}")
+    if "fuse_uring" in info:
+        lines.append(f"FUSE over io_uring: {info['fuse_uring']} (strata's writable mounts use it; "
+                     "strata-dev: the same through /dev/fuse)")
     if "scratch_fs" in info:
         lines.append(f"writable mounts' upper / layer dirs on {info['scratch_fs']}")
     for fs, name in FS:

@@ -49,11 +49,21 @@ pub struct MountArgs {
     /// this needs `user_allow_other` in /etc/fuse.conf (and is then the default).
     #[arg(long)]
     pub allow_other: bool,
+    /// With --rw: take requests through FUSE over io_uring when the kernel offers it (`auto`,
+    /// see `strata info`), or only through /dev/fuse (`off`).
+    #[arg(long, value_enum, default_value_t = IoUring::Auto, value_name = "WHEN", requires = "rw")]
+    pub io_uring: IoUring,
     /// FUSE worker threads. Two, as for a container's rootfs: each idle thread is one more
     /// the kernel rotates requests through (untar of 10k files on a writable mount, 2 cores:
     /// 1.45 s with 2 threads, 1.75 s with 4; one would serialise a slow fsync with the rest).
     #[arg(long, default_value_t = 2, hide = true)]
     pub threads: usize,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoUring {
+    Auto,
+    Off,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -181,6 +191,7 @@ pub fn mount(root: &Path, args: MountArgs) -> anyhow::Result<i32> {
         .arg("--io")
         .arg(args.io.flag())
         .args(args.allow_other.then_some("--allow-other"))
+        .args((args.io_uring == IoUring::Off).then_some("--io-uring=off"))
         .args(layer.iter().flat_map(|l| {
             [
                 std::ffi::OsStr::new("--rw"),
@@ -309,6 +320,7 @@ fn serve_held(
             )?;
             let mut config = fs::read_write_config(FSNAME, args.threads);
             config.acl = acl;
+            config.io_uring = args.io_uring == IoUring::Auto;
             let session = fs::mount(filesystem, mountpoint, &config)?;
             info!(elapsed_ms = started.elapsed().as_millis() as u64, "mounted");
             serve_session(root, session, &args.image, mountpoint, say_ready, signals)

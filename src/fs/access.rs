@@ -2,7 +2,8 @@
 //!
 //! Owns the facts `strata info` shows and `mount` needs: is `/dev/fuse` usable, is
 //! `fusermount3` installed, does `/etc/fuse.conf` allow `allow_other` to ordinary users, can
-//! the kernel grant FUSE passthrough (CAP_SYS_ADMIN in the initial user namespace). Turns a
+//! the kernel grant FUSE passthrough (CAP_SYS_ADMIN in the initial user namespace), does the
+//! kernel offer FUSE over io_uring (fuse's `enable_uring` parameter). Turns a
 //! missing piece into one sentence that names the fix. Must never change the host's
 //! configuration (no chmod of `/dev/fuse`, no edit of `/etc/fuse.conf`).
 
@@ -17,6 +18,9 @@ use crate::paths::{self, Mode};
 pub const FUSE_DEVICE: &str = "/dev/fuse";
 /// The FUSE configuration file that may allow `allow_other` to ordinary users.
 pub const FUSE_CONF: &str = "/etc/fuse.conf";
+/// The fuse module parameter that lets a FUSE server take requests through io_uring
+/// (Linux 6.14+, off by default).
+pub const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
 /// The setuid mount helper of libfuse 3 (Debian package `fuse3`).
 pub const FUSERMOUNT: &str = "fusermount3";
 
@@ -60,6 +64,8 @@ pub struct FuseAccess {
     pub user_allow_other: bool,
     /// The kernel can grant FUSE passthrough to this process.
     pub passthrough: bool,
+    /// The kernel offers FUSE over io_uring: `None` when it has no such parameter.
+    pub io_uring: Option<bool>,
 }
 
 impl FuseAccess {
@@ -76,6 +82,7 @@ impl FuseAccess {
             fusermount3: fusermount_path(),
             user_allow_other: user_allow_other(),
             passthrough: passthrough_possible(),
+            io_uring: io_uring_enabled(),
         }
     }
 
@@ -126,6 +133,12 @@ pub fn fusermount_path() -> Option<PathBuf> {
         .chain([PathBuf::from("/usr/bin"), PathBuf::from("/bin")])
         .map(|d| d.join(FUSERMOUNT))
         .find(|p| p.is_file())
+}
+
+/// fuse's `enable_uring` parameter: `Some(true)` when set, `None` when the kernel lacks it.
+pub fn io_uring_enabled() -> Option<bool> {
+    let v = std::fs::read_to_string(ENABLE_URING).ok()?;
+    Some(matches!(v.trim(), "Y" | "y" | "1"))
 }
 
 /// `/etc/fuse.conf` has a `user_allow_other` line.

@@ -237,9 +237,12 @@ impl Backend for KernelOverlay {
 // strata
 
 /// strata's CLI: `strata --root ROOT mount --rw strata-sample:latest MNT --layer LAYER -d`, with
-/// its own state root holding the loaded sample image.
+/// its own state root holding the loaded sample image. Requests come through FUSE over
+/// io_uring when the kernel offers it (`tools/test` turns fuse's `enable_uring` on), or only
+/// through `/dev/fuse` ([`Strata::dev_fuse`], `--io-uring=off`).
 pub struct Strata {
     root: tempfile::TempDir,
+    io_uring: bool,
 }
 
 impl Strata {
@@ -247,7 +250,18 @@ impl Strata {
         let root = tempfile::tempdir().unwrap();
         let oci = sample_image().join("oci");
         strata_ok(root.path(), &["load", oci.to_str().unwrap()]);
-        Strata { root }
+        Strata {
+            root,
+            io_uring: true,
+        }
+    }
+
+    /// Mounts that take every request through `/dev/fuse`.
+    pub fn dev_fuse() -> Self {
+        Strata {
+            io_uring: false,
+            ..Self::new()
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -263,7 +277,11 @@ impl Default for Strata {
 
 impl Backend for Strata {
     fn name(&self) -> &'static str {
-        "strata"
+        if self.io_uring {
+            "strata"
+        } else {
+            "strata (/dev/fuse)"
+        }
     }
 
     fn is_strata(&self) -> bool {
@@ -271,7 +289,7 @@ impl Backend for Strata {
     }
 
     fn try_mount_at(&self, layer: &Path, mnt: &Path) -> Result<(), String> {
-        let args: [&OsStr; 7] = [
+        let mut args: Vec<&OsStr> = vec![
             OsStr::new("mount"),
             OsStr::new("--rw"),
             OsStr::new(SAMPLE_IMAGE),
@@ -280,6 +298,9 @@ impl Backend for Strata {
             layer.as_os_str(),
             OsStr::new("-d"),
         ];
+        if !self.io_uring {
+            args.push(OsStr::new("--io-uring=off"));
+        }
         let (code, _out, err) = strata(self.root.path(), &args);
         if code != 0 {
             return Err(format!("strata mount --rw: exit {code}: {err}"));

@@ -148,7 +148,10 @@ pub(crate) fn start<FS: Filesystem>(
         "FUSE over io_uring: {queues} queues, {} KiB payload buffers",
         params.payload >> 10
     );
-    let mut threads = Vec::with_capacity(queues * THREADS_PER_QUEUE);
+    let mut rings = Rings {
+        stop,
+        threads: Vec::with_capacity(queues * THREADS_PER_QUEUE),
+    };
     for (qid, i) in (0..queues).flat_map(|q| (0..THREADS_PER_QUEUE).map(move |i| (q, i))) {
         let name = format!("fuser-ring-{qid}.{i}");
         let se = SessionEventLoop {
@@ -158,14 +161,22 @@ pub(crate) fn start<FS: Filesystem>(
             allowed,
             session_owner,
         };
-        let stop_fd = stop.as_raw_fd();
-        threads.push(thread::Builder::new().name(name).spawn(move || {
+        let stop_fd = rings.stop.as_raw_fd();
+        let spawned = thread::Builder::new().name(name).spawn(move || {
             if let Err(e) = queue_thread(&se, qid, stop_fd, params) {
                 warn!("FUSE io_uring queue {qid}: {e}; its requests stay on /dev/fuse");
             }
-        })?);
+        });
+        match spawned {
+            Ok(t) => rings.threads.push(t),
+            Err(e) => {
+                // The threads started so far hold the file system: end them before failing.
+                rings.stop();
+                return Err(e);
+            }
+        }
     }
-    Ok(Rings { stop, threads })
+    Ok(rings)
 }
 
 /// One entry's buffers (see [`PAYLOAD_AT`]), page-aligned.

@@ -1,0 +1,220 @@
+//! How a writable mount's requests reach strata (issue 11). With fuse's `enable_uring` on, the
+//! kernel sends them through FUSE over io_uring: per-CPU queues served by strata's queue
+//! threads (`fuser-ring-*`), not by the `/dev/fuse` readers (`fuser-0`, `fuser-1`), which then
+//! see only FORGETs. With `--io-uring=off` the readers serve everything and no queue thread
+//! exists. The same workload runs both ways, with the payloads that fill a ring entry or
+//! leave it empty: names of every length from 1 to 64 (a request's first argument is copied
+//! apart from the payload), a 3 MiB file written in 1 MiB requests and read back after a
+//! remount in large replies, a 60 KiB extended attribute, a 64-entry listing.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use strata_testkit::cli::{strata_io_env, strata_ok};
+use strata_testkit::mounts::{MountGuard, is_mounted, wait_unmounted};
+use strata_testkit::paths::{SAMPLE_IMAGE, sample_image};
+use strata_testkit::posix::{assert_bytes, pattern};
+
+const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
+const BIG: usize = 3 << 20;
+const XATTR: usize = 60_000;
+
+/// Turns fuse's `enable_uring` on (as `tools/test` does for the whole suite; idempotent).
+fn enable_uring() {
+    let v = std::fs::read_to_string(ENABLE_URING)
+        .expect("this kernel has no FUSE over io_uring (Linux 6.14+ with CONFIG_FUSE_IO_URING)");
+    if v.trim() != "Y" {
+        std::fs::write(ENABLE_URING, "Y").expect("turn on fuse's enable_uring (as root)");
+    }
+}
+
+struct Run {
+    root: tempfile::TempDir,
+    _dir: tempfile::TempDir,
+    mnt: PathBuf,
+    layer: PathBuf,
+    flags: Vec<&'static str>,
+}
+
+impl Run {
+    fn new(flags: &[&'static str]) -> Run {
+        let root = tempfile::tempdir().unwrap();
+        let oci = sample_image().join("oci");
+        strata_ok(root.path(), &["load", oci.to_str().unwrap()]);
+        let dir = tempfile::tempdir().unwrap();
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let layer = dir.path().join("layer");
+        Run {
+            _dir: dir,
+            mnt,
+            layer,
+            flags: flags.to_vec(),
+            root,
+        }
+    }
+
+    /// Mounts with fuser's per-request debug lines on; the daemon writes them to its log.
+    fn mount(&self) {
+        let mut args = vec![
+            "mount",
+            "--rw",
+            SAMPLE_IMAGE,
+            self.mnt.to_str().unwrap(),
+            "--layer",
+            self.layer.to_str().unwrap(),
+            "-d",
+        ];
+        args.extend(&self.flags);
+        let out = strata_io_env(
+            self.root.path(),
+            &args,
+            None,
+            Duration::from_secs(60),
+            &[("RUST_LOG", "strata=warn,fuser=debug")],
+        );
+        assert_eq!(out.code, 0, "mount {:?}: {}", self.flags, out.err);
+        assert!(is_mounted(&self.mnt));
+    }
+
+    fn umount(&self) {
+        strata_ok(self.root.path(), &["umount", self.mnt.to_str().unwrap()]);
+        assert!(wait_unmounted(&self.mnt));
+    }
+
+    /// The daemon's log (its stderr) so far: `ROOT/mounts/*.log`.
+    fn log(&self) -> String {
+        let mut all = String::new();
+        for e in std::fs::read_dir(self.root.path().join("mounts"))
+            .unwrap()
+            .flatten()
+        {
+            if e.path().extension() == Some(OsStr::new("log")) {
+                all += &std::fs::read_to_string(e.path()).unwrap_or_default();
+            }
+        }
+        all
+    }
+}
+
+/// Writes the workload's files; returns the listing of `names/`.
+fn write_side(m: &Path) -> Vec<String> {
+    let d = m.join("names");
+    std::fs::create_dir(&d).unwrap();
+    for n in 1..=64 {
+        let name = "n".repeat(n);
+        std::fs::write(d.join(&name), name.as_bytes()).unwrap();
+    }
+    for n in 1..=64 {
+        let name = "n".repeat(n);
+        assert_eq!(
+            std::fs::read(d.join(&name)).unwrap(),
+            name.as_bytes(),
+            "{n}"
+        );
+    }
+    let mut f = File::create(m.join("big.bin")).unwrap();
+    f.write_all(&pattern(BIG, 11)).unwrap();
+    f.sync_all().unwrap();
+    rustix::fs::setxattr(
+        m.join("big.bin"),
+        "user.big",
+        &pattern(XATTR, 5),
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    listing(&d)
+}
+
+fn listing(d: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// After a remount (nothing cached): everything reads back.
+fn read_side(m: &Path, want_listing: &[String]) {
+    assert_eq!(listing(&m.join("names")), want_listing);
+    assert_bytes(
+        &std::fs::read(m.join("big.bin")).unwrap(),
+        &pattern(BIG, 11),
+        "big.bin",
+    );
+    let mut buf = vec![0u8; XATTR + 10];
+    let n = rustix::fs::getxattr(m.join("big.bin"), "user.big", &mut buf).unwrap();
+    assert_bytes(&buf[..n], &pattern(XATTR, 5), "user.big");
+}
+
+/// Request lines of fuser's debug log: (served by a queue thread, served by a /dev/fuse reader).
+fn served(log: &str) -> (Vec<&str>, Vec<&str>) {
+    log.lines()
+        .filter(|l| l.contains("FUSE(") && l.contains(" thread=fuser-"))
+        .partition(|l| l.contains("thread=fuser-ring-"))
+}
+
+fn run_both_ways(flags: &[&'static str]) -> (Vec<String>, String) {
+    let r = Run::new(flags);
+    let _guard = MountGuard(r.mnt.clone());
+    r.mount();
+    let names = write_side(&r.mnt);
+    // Each mount starts its log afresh.
+    let mut log = r.log();
+    r.umount();
+    r.mount();
+    read_side(&r.mnt, &names);
+    log += &r.log();
+    r.umount();
+    (names, log)
+}
+
+#[test]
+fn writable_mount_serves_requests_through_io_uring_queues() {
+    enable_uring();
+    let (names, log) = run_both_ways(&[]);
+    assert_eq!(names.len(), 64);
+    let (ring, dev) = served(&log);
+    // Every LOOKUP, WRITE, READ, SETXATTR… of the workload: well over 500 requests.
+    assert!(
+        ring.len() > 500,
+        "only {} requests went through the io_uring queues ({} through /dev/fuse):\n{}",
+        ring.len(),
+        dev.len(),
+        log.lines().take(40).collect::<Vec<_>>().join("\n")
+    );
+    for op in ["WRITE", "READ", "SETXATTR", "LOOKUP", "READDIRPLUS"] {
+        assert!(
+            ring.iter().any(|l| l.contains(&format!(" {op} "))),
+            "no {op} through the queues"
+        );
+    }
+    // /dev/fuse carries the FORGETs, and only the requests of the first moments after each
+    // mount, before the queue threads have registered.
+    let early: Vec<&&str> = dev.iter().filter(|l| !l.contains("FORGET")).collect();
+    assert!(
+        early.len() <= 50,
+        "{} requests other than FORGET went through /dev/fuse:\n{}",
+        early.len(),
+        early
+            .iter()
+            .take(20)
+            .map(|l| l.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+#[test]
+fn io_uring_off_serves_everything_through_dev_fuse() {
+    enable_uring();
+    let (names, log) = run_both_ways(&["--io-uring=off"]);
+    assert_eq!(names.len(), 64);
+    let (ring, dev) = served(&log);
+    assert!(ring.is_empty(), "{} requests through queues", ring.len());
+    assert!(dev.len() > 500, "only {} requests logged", dev.len());
+}
