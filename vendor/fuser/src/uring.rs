@@ -290,8 +290,14 @@ fn queue_thread<FS: Filesystem>(
 ) -> io::Result<()> {
     pin_to_cpu(qid);
     let fd = se.ch.as_fd().as_raw_fd();
-    let mut ring: IoUring<squeue::Entry128, cqueue::Entry> =
-        IoUring::builder().setup_cqsize(8).build(4)?;
+    // Single issuer, task work deferred to our own wait: the thread that owns the ring is the
+    // only one that submits, and it always waits in io_uring_enter (untar of 10k files:
+    // 1.15-1.25 s against 1.24-1.49 s without, 3 rounds each).
+    let mut ring: IoUring<squeue::Entry128, cqueue::Entry> = IoUring::builder()
+        .setup_cqsize(8)
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .build(4)?;
     let mut mem = EntryMem::new(params.payload)?;
     let iov = Box::new(mem.iovecs());
     let slot = Arc::new(ReplySlot::default());
