@@ -1,4 +1,4 @@
-//! How a writable mount's requests reach strata (issue 11). With fuse's `enable_uring` on, the
+//! How a mount's requests reach strata (issue 11). With fuse's `enable_uring` on, the
 //! kernel sends them through FUSE over io_uring: per-CPU queues served by strata's queue
 //! threads (`fuser-ring-*`), not by the `/dev/fuse` readers (`fuser-0`, `fuser-1`), which then
 //! see only FORGETs. With `--io-uring=off` the readers serve everything and no queue thread
@@ -57,17 +57,15 @@ impl Run {
         }
     }
 
-    /// Mounts with fuser's per-request debug lines on; the daemon writes them to its log.
+    /// Mounts writable, with fuser's per-request debug lines on; the daemon writes them to
+    /// its log.
     fn mount(&self) {
-        let mut args = vec![
-            "mount",
-            "--rw",
-            SAMPLE_IMAGE,
-            self.mnt.to_str().unwrap(),
-            "--layer",
-            self.layer.to_str().unwrap(),
-            "-d",
-        ];
+        self.mount_with(&["--rw", "--layer", self.layer.to_str().unwrap()]);
+    }
+
+    fn mount_with(&self, extra: &[&str]) {
+        let mut args = vec!["mount", SAMPLE_IMAGE, self.mnt.to_str().unwrap(), "-d"];
+        args.extend(extra);
         args.extend(&self.flags);
         let out = strata_io_env(
             self.root.path(),
@@ -217,4 +215,38 @@ fn io_uring_off_serves_everything_through_dev_fuse() {
     let (ring, dev) = served(&log);
     assert!(ring.is_empty(), "{} requests through queues", ring.len());
     assert!(dev.len() > 500, "only {} requests logged", dev.len());
+}
+
+/// The read-only mount takes the same path: every file of the image read, every directory
+/// listed, through the queues (OPEN replies with a passthrough backing file included).
+#[test]
+fn read_only_mount_serves_requests_through_io_uring_queues() {
+    enable_uring();
+    let r = Run::new(&[]);
+    let _guard = MountGuard(r.mnt.clone());
+    r.mount_with(&[]);
+    let mut files = 0;
+    let mut stack = vec![r.mnt.join("srv")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if ft.is_file() {
+                std::fs::read(e.path()).unwrap();
+                files += 1;
+            }
+        }
+    }
+    let log = r.log();
+    r.umount();
+    assert!(files > 20, "only {files} files under srv/");
+    let (ring, _) = served(&log);
+    for op in ["LOOKUP", "OPEN", "READDIRPLUS"] {
+        assert!(
+            ring.iter().any(|l| l.contains(&format!(" {op} "))),
+            "no {op} through the queues ({} requests did go through them)",
+            ring.len()
+        );
+    }
 }

@@ -107,10 +107,9 @@ pub fn show(root: &Path, given: bool, json: bool) -> anyhow::Result<i32> {
     println!(
         "io_uring:      {}",
         match f.io_uring {
-            Some(true) =>
-                "yes (writable mounts take requests through per-CPU io_uring queues)".to_string(),
+            Some(true) => "yes (mounts take requests through per-CPU io_uring queues)".to_string(),
             Some(false) => format!(
-                "off (writable mounts use /dev/fuse; as root `echo Y > {ENABLE_URING}` roughly halves what their metadata operations cost)"
+                "off (mounts use /dev/fuse; as root `echo Y > {ENABLE_URING}` roughly halves what their metadata operations cost)"
             ),
             None => "no (the kernel has no FUSE over io_uring; Linux 6.14+)".to_string(),
         }

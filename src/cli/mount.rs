@@ -49,9 +49,9 @@ pub struct MountArgs {
     /// this needs `user_allow_other` in /etc/fuse.conf (and is then the default).
     #[arg(long)]
     pub allow_other: bool,
-    /// With --rw: take requests through FUSE over io_uring when the kernel offers it (`auto`,
-    /// see `strata info`), or only through /dev/fuse (`off`).
-    #[arg(long, value_enum, default_value_t = IoUring::Auto, value_name = "WHEN", requires = "rw")]
+    /// Take requests through FUSE over io_uring when the kernel offers it (`auto`, see
+    /// `strata info`), or only through /dev/fuse (`off`).
+    #[arg(long, value_enum, default_value_t = IoUring::Auto, value_name = "WHEN")]
     pub io_uring: IoUring,
     /// FUSE worker threads. Two, as for a container's rootfs: each idle thread is one more
     /// the kernel rotates requests through (untar of 10k files on a writable mount, 2 cores:
@@ -330,6 +330,7 @@ fn serve_held(
                 fs::read_only(store.layers(), layers)?.with_mode(args.io.mode(&access));
             let mut config = fs::read_only_config(FSNAME, args.threads);
             config.acl = acl;
+            config.io_uring = args.io_uring == IoUring::Auto;
             let session = fs::mount(filesystem, mountpoint, &config)?;
             info!(elapsed_ms = started.elapsed().as_millis() as u64, "mounted");
             serve_session(root, session, &args.image, mountpoint, say_ready, signals)

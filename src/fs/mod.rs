@@ -201,21 +201,21 @@ fn writable(
     Ok(WritableFs::new(view))
 }
 
-/// Mount options of a writable mount: `nosuid,nodev` (the image is not trusted), `noatime`
-/// (no write per read), kernel permission checks from the attributes strata reports; requests
-/// through FUSE over io_uring when the kernel offers it (one queue per CPU: a request is served
-/// on the CPU that made it, without waking another; `/dev/fuse` otherwise).
+/// Mount options of a writable mount: those of a read-only one, `rw` and `noatime` (no write
+/// per read).
 pub fn read_write_config(fsname: &str, threads: usize) -> fuser::Config {
     use fuser::MountOption as O;
     let mut c = read_only_config(fsname, threads);
     c.mount_options.retain(|o| *o != O::RO);
     c.mount_options.extend([O::RW, O::NoAtime]);
-    c.io_uring = true;
     c
 }
 
 /// Mount options of a read-only inspection mount: `nosuid,nodev` because the image is not
-/// trusted (its setuid bits and device nodes are shown, never honoured).
+/// trusted (its setuid bits and device nodes are shown, never honoured), kernel permission
+/// checks from the attributes strata reports; requests through FUSE over io_uring when the
+/// kernel offers it (one queue per CPU: a request is served on the CPU that made it, without
+/// waking another; `/dev/fuse` otherwise).
 pub fn read_only_config(fsname: &str, threads: usize) -> fuser::Config {
     use fuser::MountOption as O;
     let mut c = fuser::Config::default();
@@ -228,6 +228,7 @@ pub fn read_only_config(fsname: &str, threads: usize) -> fuser::Config {
         O::DefaultPermissions,
     ];
     c.acl = fuser::SessionACL::All;
+    c.io_uring = true;
     c.n_threads = Some(threads.max(1));
     c.clone_fd = threads > 1;
     c
