@@ -191,8 +191,8 @@ def main():
                    "more; see tools/README)")
         lines.append(f"cpu idle driver: {info['cpuidle']}{why}")
     if "fuse_uring" in info:
-        lines.append(f"FUSE over io_uring: {info['fuse_uring']} (strata's writable mounts use it; "
-                     "strata-dev: the same through /dev/fuse)")
+        lines.append(f"FUSE over io_uring: {info['fuse_uring']} (strata's mounts use it; "
+                     "strata-dev: the writable mount through /dev/fuse)")
     if "scratch_fs" in info:
         lines.append(f"writable mounts' upper / layer dirs on {info['scratch_fs']}")
     for fs, name in FS:
