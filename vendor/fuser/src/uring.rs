@@ -1,7 +1,7 @@
 //! FUSE over io_uring (Linux 6.14+; strata's addition to fuser, see STRATA.md).
 //!
 //! The kernel keeps one request queue per possible CPU and puts a request on the queue of the
-//! CPU its caller runs on. This module runs one thread per queue, pinned to that CPU, each
+//! CPU its caller runs on. This module runs two threads per queue, pinned to that CPU, each
 //! with its own io_uring and one registered ring entry (a header buffer and a payload buffer).
 //! A request is then served on the CPU that issued it: the caller sleeps, the queue thread
 //! runs, the reply wakes the caller, all without waking another CPU. Through `/dev/fuse` each
@@ -73,6 +73,8 @@ const OUT_HEADER: usize = 16;
 /// contiguous, 8-aligned byte string without copying its payload), then the payload buffer.
 const PAGE: usize = 4096;
 const PAYLOAD_AT: usize = 2 * PAGE;
+/// A reply buffer grown beyond this (a large READ) is freed after use, not kept per thread.
+const KEEP_REPLY: usize = 256 << 10;
 
 /// Threads (each with one ring entry) per queue: while one waits on a slow request (an
 /// fsync), the other serves the rest of that CPU's requests.
@@ -422,11 +424,7 @@ fn serve<FS: Filesystem>(
         }
         None => {
             error!("FUSE io_uring: malformed request (len {in_len}, payload {payload_sz})");
-            let mut err = [0u8; OUT_HEADER];
-            err[0..4].copy_from_slice(&(OUT_HEADER as u32).to_ne_bytes());
-            err[4..8].copy_from_slice(&(-libc::EIO).to_ne_bytes());
-            err[8..16].copy_from_slice(&unique.to_ne_bytes());
-            let _ = slot.send(&[IoSlice::new(&err)]);
+            let _ = slot.send(&[IoSlice::new(&eio_header(unique))]);
         }
     }
     slot.take(reply);
@@ -434,11 +432,7 @@ fn serve<FS: Filesystem>(
     let body = reply.len().saturating_sub(OUT_HEADER);
     if reply.len() < OUT_HEADER || body > payload_cap {
         error!("FUSE io_uring: reply of {} bytes does not fit", reply.len());
-        let mut err = [0u8; OUT_HEADER];
-        err[0..4].copy_from_slice(&(OUT_HEADER as u32).to_ne_bytes());
-        err[4..8].copy_from_slice(&(-libc::EIO).to_ne_bytes());
-        err[8..16].copy_from_slice(&unique.to_ne_bytes());
-        b[HDR_IN_OUT..HDR_IN_OUT + OUT_HEADER].copy_from_slice(&err);
+        b[HDR_IN_OUT..HDR_IN_OUT + OUT_HEADER].copy_from_slice(&eio_header(unique));
         b[HDR_PAYLOAD_SZ..HDR_PAYLOAD_SZ + 4].copy_from_slice(&0u32.to_ne_bytes());
     } else {
         b[HDR_IN_OUT..HDR_IN_OUT + OUT_HEADER].copy_from_slice(&reply[..OUT_HEADER]);
@@ -446,10 +440,19 @@ fn serve<FS: Filesystem>(
         b[HDR_PAYLOAD_SZ..HDR_PAYLOAD_SZ + 4].copy_from_slice(&(body as u32).to_ne_bytes());
     }
     // Do not keep a large read reply's buffer around.
-    if reply.capacity() > 4 * PAGE * 16 {
+    if reply.capacity() > KEEP_REPLY {
         *reply = Vec::new();
     }
     commit_id
+}
+
+/// `struct fuse_out_header` of an `EIO` reply to request `unique`.
+fn eio_header(unique: u64) -> [u8; OUT_HEADER] {
+    let mut h = [0u8; OUT_HEADER];
+    h[0..4].copy_from_slice(&(OUT_HEADER as u32).to_ne_bytes());
+    h[4..8].copy_from_slice(&(-libc::EIO).to_ne_bytes());
+    h[8..16].copy_from_slice(&unique.to_ne_bytes());
+    h
 }
 
 fn read_u32(b: &[u8], at: usize) -> u32 {
