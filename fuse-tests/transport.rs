@@ -5,7 +5,8 @@
 //! exists. The same workload runs both ways, with the payloads that fill a ring entry or
 //! leave it empty: names of every length from 1 to 64 (a request's first argument is copied
 //! apart from the payload), a 3 MiB file written in 1 MiB requests and read back after a
-//! remount in large replies, a 60 KiB extended attribute, a 64-entry listing.
+//! remount in large replies, a 60 KiB extended attribute, a 64-entry listing. Where the
+//! kernel refuses io_uring (`kernel.io_uring_disabled`), the mount works through `/dev/fuse`.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -14,11 +15,36 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use strata_testkit::cli::{strata_io_env, strata_ok};
-use strata_testkit::mounts::{MountGuard, is_mounted, wait_unmounted};
+use strata_testkit::mounts::{MountGuard, is_mounted, kill9, wait_unmounted};
 use strata_testkit::paths::{SAMPLE_IMAGE, sample_image};
 use strata_testkit::posix::{assert_bytes, pattern};
 
 const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
+const IO_URING_DISABLED: &str = "/proc/sys/kernel/io_uring_disabled";
+
+/// The tests of this file change host settings the others depend on: one at a time.
+static HOST: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn host() -> std::sync::MutexGuard<'static, ()> {
+    HOST.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Sets `kernel.io_uring_disabled` for as long as it lives, and puts the old value back.
+struct IoUringDisabled(String);
+
+impl IoUringDisabled {
+    fn set(v: &str) -> IoUringDisabled {
+        let old = std::fs::read_to_string(IO_URING_DISABLED).expect("kernel.io_uring_disabled");
+        std::fs::write(IO_URING_DISABLED, v).expect("set kernel.io_uring_disabled (as root)");
+        IoUringDisabled(old.trim().to_string())
+    }
+}
+
+impl Drop for IoUringDisabled {
+    fn drop(&mut self) {
+        let _ = std::fs::write(IO_URING_DISABLED, &self.0);
+    }
+}
 const BIG: usize = 3 << 20;
 const XATTR: usize = 60_000;
 
@@ -149,6 +175,19 @@ fn read_side(m: &Path, want_listing: &[String]) {
     assert_bytes(&buf[..n], &pattern(XATTR, 5), "user.big");
 }
 
+/// The pids of the mount daemons recorded in `ROOT/mounts/*.json`.
+fn daemon_pids(root: &Path) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir(root.join("mounts")) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter(|e| e.path().extension() == Some(OsStr::new("json")))
+        .filter_map(|e| std::fs::read(e.path()).ok())
+        .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .filter_map(|v| v["pid"].as_i64().map(|p| p as i32))
+        .collect()
+}
+
 /// Request lines of fuser's debug log: (served by a queue thread, served by a /dev/fuse reader).
 fn served(log: &str) -> (Vec<&str>, Vec<&str>) {
     log.lines()
@@ -157,7 +196,11 @@ fn served(log: &str) -> (Vec<&str>, Vec<&str>) {
 }
 
 fn run_both_ways(flags: &[&'static str]) -> (Vec<String>, String) {
-    let r = Run::new(flags);
+    run_both_ways_in(&Run::new(flags))
+}
+
+/// Writes the workload, remounts, reads it back; returns the listing and both mounts' logs.
+fn run_both_ways_in(r: &Run) -> (Vec<String>, String) {
     let _guard = MountGuard(r.mnt.clone());
     r.mount();
     let names = write_side(&r.mnt);
@@ -173,6 +216,7 @@ fn run_both_ways(flags: &[&'static str]) -> (Vec<String>, String) {
 
 #[test]
 fn writable_mount_serves_requests_through_io_uring_queues() {
+    let _host = host();
     enable_uring();
     let (names, log) = run_both_ways(&[]);
     assert_eq!(names.len(), 64);
@@ -209,6 +253,7 @@ fn writable_mount_serves_requests_through_io_uring_queues() {
 
 #[test]
 fn io_uring_off_serves_everything_through_dev_fuse() {
+    let _host = host();
     enable_uring();
     let (names, log) = run_both_ways(&["--io-uring=off"]);
     assert_eq!(names.len(), 64);
@@ -221,6 +266,7 @@ fn io_uring_off_serves_everything_through_dev_fuse() {
 /// listed, through the queues (OPEN replies with a passthrough backing file included).
 #[test]
 fn read_only_mount_serves_requests_through_io_uring_queues() {
+    let _host = host();
     enable_uring();
     let r = Run::new(&[]);
     let _guard = MountGuard(r.mnt.clone());
@@ -249,4 +295,44 @@ fn read_only_mount_serves_requests_through_io_uring_queues() {
             ring.len()
         );
     }
+}
+
+/// With io_uring refused to every process (`kernel.io_uring_disabled=2`: io_uring_setup fails
+/// with EPERM), the handshake says so in the log and every request goes through /dev/fuse:
+/// the same workload, the same results. (Asking the kernel for io_uring and then failing to
+/// set up a queue would hang every request: the kernel holds them until all queues register.
+/// A watchdog ends such a hang by killing the mount daemons after 60 s, so that it fails.)
+#[test]
+fn mount_falls_back_to_dev_fuse_when_the_kernel_refuses_io_uring() {
+    let _host = host();
+    enable_uring();
+    let (names, log) = {
+        let _off = IoUringDisabled::set("2");
+        let (done, watch) = std::sync::mpsc::channel::<()>();
+        let roots = std::sync::Arc::new(std::sync::Mutex::new(Vec::<PathBuf>::new()));
+        let watched = roots.clone();
+        let dog = std::thread::spawn(move || {
+            if watch.recv_timeout(Duration::from_secs(60)).is_err() {
+                for root in watched.lock().unwrap().iter() {
+                    for pid in daemon_pids(root) {
+                        kill9(pid);
+                    }
+                }
+            }
+        });
+        let r = Run::new(&[]);
+        roots.lock().unwrap().push(r.root.path().to_path_buf());
+        let out = run_both_ways_in(&r);
+        let _ = done.send(());
+        dog.join().unwrap();
+        out
+    };
+    assert_eq!(names.len(), 64);
+    let (ring, dev) = served(&log);
+    assert!(ring.is_empty(), "{} requests through queues", ring.len());
+    assert!(dev.len() > 500, "only {} requests logged", dev.len());
+    assert!(
+        log.contains("FUSE over io_uring not used, requests go through /dev/fuse"),
+        "no word of the fallback in the log"
+    );
 }

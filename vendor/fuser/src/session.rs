@@ -139,8 +139,9 @@ pub struct Session<FS: Filesystem> {
     /// The field is set to `Some` when the init message is received.
     pub(crate) proto_version: Option<Version>,
     pub(crate) config: Config,
-    /// Set by the handshake when the kernel agreed to FUSE over io_uring (strata).
-    pub(crate) uring: Option<crate::uring::RingParams>,
+    /// Set by the handshake when the kernel agreed to FUSE over io_uring: the queue threads,
+    /// ready to register (strata).
+    pub(crate) uring: Option<crate::uring::Prepared<FS>>,
 }
 
 impl<FS: Filesystem> AsFd for Session<FS> {
@@ -312,20 +313,8 @@ impl<FS: Filesystem> Session<FS> {
             );
         }
 
-        // strata: the io_uring queues, when the handshake negotiated them. If they cannot be
-        // started, every request keeps coming through /dev/fuse.
-        let rings = match (uring, threads.first()) {
-            (Some(params), Some(_)) => {
-                match crate::uring::start(&filesystem, &ring_ch, allowed, session_owner, params) {
-                    Ok(rings) => Some(rings),
-                    Err(e) => {
-                        warn!("FUSE over io_uring not started: {e}");
-                        None
-                    }
-                }
-            }
-            _ => None,
-        };
+        // strata: the io_uring queues, when the handshake negotiated them.
+        let rings = uring.map(|p| p.start(&filesystem, &ring_ch, allowed, session_owner));
 
         let mut reply: io::Result<()> = Ok(());
         for thread in threads {
@@ -454,14 +443,22 @@ impl<FS: Filesystem> Session<FS> {
                 return Err(error);
             }
 
-            // strata: FUSE over io_uring when the configuration asks for it and the kernel
-            // offers it (Linux 6.14+ with fuse's `enable_uring` parameter set).
+            // strata: FUSE over io_uring when the configuration asks for it, the kernel offers
+            // it (Linux 6.14+ with fuse's `enable_uring` parameter set) and every queue could
+            // set up its ring (see `uring::Prepared`); /dev/fuse otherwise.
             if self.config.io_uring && init.capabilities().contains(InitFlags::FUSE_OVER_IO_URING) {
-                let _ = config.add_capabilities(InitFlags::FUSE_OVER_IO_URING);
                 let payload = (config.max_write as usize)
                     .max(usize::from(config.max_pages()) * page_size::get())
                     .max(abi::consts::FUSE_MIN_READ_BUFFER);
-                self.uring = Some(crate::uring::RingParams { payload });
+                match crate::uring::prepare(crate::uring::RingParams { payload }) {
+                    Ok(prepared) => {
+                        let _ = config.add_capabilities(InitFlags::FUSE_OVER_IO_URING);
+                        self.uring = Some(prepared);
+                    }
+                    Err(e) => {
+                        warn!("FUSE over io_uring not used, requests go through /dev/fuse: {e}")
+                    }
+                }
             }
 
             // Remember the ABI version supported by kernel and mark the session initialized.

@@ -32,6 +32,7 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::Condvar;
 use std::sync::Mutex;
+use std::sync::mpsc;
 use std::thread;
 
 use io_uring::IoUring;
@@ -130,14 +131,27 @@ fn possible_cpus() -> usize {
     }
 }
 
-/// Starts the queue threads of every possible CPU.
-pub(crate) fn start<FS: Filesystem>(
-    filesystem: &Arc<FilesystemHolder<FS>>,
-    ch: &Channel,
-    allowed: SessionACL,
-    session_owner: nix::unistd::Uid,
-    params: RingParams,
-) -> io::Result<Rings> {
+/// Queue threads whose rings and buffers exist, waiting for [`Prepared::start`].
+///
+/// The kernel holds every request of a connection that negotiated io_uring until all queues
+/// have registered (`fuse_block_alloc`), and it gives up on io_uring only when a REGISTER
+/// fails. So a queue that cannot even create its ring (`kernel.io_uring_disabled`, a seccomp
+/// filter, no memory) must be found out before the INIT reply asks for io_uring, or the
+/// mount would hang: the handshake prepares every queue first, and asks only if all are ready.
+pub(crate) struct Prepared<FS: Filesystem> {
+    stop: OwnedFd,
+    threads: Vec<(thread::JoinHandle<()>, mpsc::Sender<SessionEventLoop<FS>>)>,
+}
+
+impl<FS: Filesystem> std::fmt::Debug for Prepared<FS> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Prepared({} queue threads)", self.threads.len())
+    }
+}
+
+/// Starts a queue thread per possible CPU (two per queue), each of which creates its ring and
+/// buffers and reports; returns once all have, or the first error.
+pub(crate) fn prepare<FS: Filesystem>(params: RingParams) -> io::Result<Prepared<FS>> {
     // SAFETY: eventfd(2) with valid flags; the result is checked before it is owned.
     let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
     if efd < 0 {
@@ -146,39 +160,61 @@ pub(crate) fn start<FS: Filesystem>(
     // SAFETY: `efd` is a fresh descriptor nothing else owns.
     let stop = unsafe { OwnedFd::from_raw_fd(efd) };
     let queues = possible_cpus();
-    info!(
-        "FUSE over io_uring: {queues} queues, {} KiB payload buffers",
-        params.payload >> 10
-    );
-    let mut rings = Rings {
+    let (ready_tx, ready) = mpsc::channel::<io::Result<()>>();
+    let mut prepared = Prepared {
         stop,
         threads: Vec::with_capacity(queues * THREADS_PER_QUEUE),
     };
     for (qid, i) in (0..queues).flat_map(|q| (0..THREADS_PER_QUEUE).map(move |i| (q, i))) {
-        let name = format!("fuser-ring-{qid}.{i}");
-        let se = SessionEventLoop {
-            thread_name: name.clone(),
-            ch: ch.clone(),
-            filesystem: filesystem.clone(),
-            allowed,
-            session_owner,
-        };
-        let stop_fd = rings.stop.as_raw_fd();
-        let spawned = thread::Builder::new().name(name).spawn(move || {
-            if let Err(e) = queue_thread(&se, qid, stop_fd, params) {
-                warn!("FUSE io_uring queue {qid}: {e}; its requests stay on /dev/fuse");
-            }
-        });
-        match spawned {
-            Ok(t) => rings.threads.push(t),
-            Err(e) => {
-                // The threads started so far hold the file system: end them before failing.
-                rings.stop();
-                return Err(e);
-            }
+        let (go_tx, go) = mpsc::channel::<SessionEventLoop<FS>>();
+        let stop_fd = prepared.stop.as_raw_fd();
+        let ready_tx = ready_tx.clone();
+        let t = thread::Builder::new()
+            .name(format!("fuser-ring-{qid}.{i}"))
+            .spawn(move || queue_thread(qid, stop_fd, params, &ready_tx, &go))?;
+        prepared.threads.push((t, go_tx));
+    }
+    drop(ready_tx);
+    for _ in 0..prepared.threads.len() {
+        // A thread that died without a word dropped its sender: that is an error too.
+        ready
+            .recv()
+            .map_err(|_| io::Error::other("a queue thread ended while setting up"))??;
+    }
+    info!(
+        "FUSE over io_uring: {queues} queues, {} KiB payload buffers",
+        params.payload >> 10
+    );
+    Ok(prepared)
+}
+
+impl<FS: Filesystem> Prepared<FS> {
+    /// Hands every queue thread the file system: each registers its entry and serves.
+    pub(crate) fn start(
+        self,
+        filesystem: &Arc<FilesystemHolder<FS>>,
+        ch: &Channel,
+        allowed: SessionACL,
+        session_owner: nix::unistd::Uid,
+    ) -> Rings {
+        let mut threads = Vec::with_capacity(self.threads.len());
+        for (t, go) in self.threads {
+            let se = SessionEventLoop {
+                thread_name: t.thread().name().unwrap_or("fuser-ring").to_string(),
+                ch: ch.clone(),
+                filesystem: filesystem.clone(),
+                allowed,
+                session_owner,
+            };
+            // A thread that has ended already dropped its receiver; it is joined all the same.
+            let _ = go.send(se);
+            threads.push(t);
+        }
+        Rings {
+            stop: self.stop,
+            threads,
         }
     }
-    Ok(rings)
 }
 
 /// One entry's buffers (see [`PAYLOAD_AT`]), page-aligned.
@@ -284,23 +320,52 @@ fn uring_cmd(fd: i32, op: u32, qid: usize, commit_id: u64) -> squeue::Entry128 {
         .user_data(UD_ENTRY)
 }
 
+/// One queue thread: creates its ring and entry and says so on `ready`, waits for the file
+/// system on `go` (none: the session ended before it started), then registers and serves.
 fn queue_thread<FS: Filesystem>(
-    se: &SessionEventLoop<FS>,
     qid: usize,
     stop_fd: i32,
     params: RingParams,
-) -> io::Result<()> {
+    ready: &mpsc::Sender<io::Result<()>>,
+    go: &mpsc::Receiver<SessionEventLoop<FS>>,
+) {
     pin_to_cpu(qid);
-    let fd = se.ch.as_fd().as_raw_fd();
     // Single issuer, task work deferred to our own wait: the thread that owns the ring is the
     // only one that submits, and it always waits in io_uring_enter (untar of 10k files:
     // 1.15-1.25 s against 1.24-1.49 s without, 3 rounds each).
-    let mut ring: IoUring<squeue::Entry128, cqueue::Entry> = IoUring::builder()
+    let setup = IoUring::builder()
         .setup_cqsize(8)
         .setup_single_issuer()
         .setup_defer_taskrun()
-        .build(4)?;
-    let mut mem = EntryMem::new(params.payload)?;
+        .build(4)
+        .and_then(|ring| Ok((ring, EntryMem::new(params.payload)?)));
+    let (ring, mem) = match setup {
+        Ok(x) => {
+            let _ = ready.send(Ok(()));
+            x
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let Ok(se) = go.recv() else {
+        return;
+    };
+    if let Err(e) = serve_queue(&se, qid, stop_fd, ring, mem) {
+        warn!("FUSE io_uring queue {qid}: {e}; its requests go through /dev/fuse");
+    }
+}
+
+/// Registers the entry and serves requests until the connection ends or `stop_fd` fires.
+fn serve_queue<FS: Filesystem>(
+    se: &SessionEventLoop<FS>,
+    qid: usize,
+    stop_fd: i32,
+    mut ring: IoUring<squeue::Entry128, cqueue::Entry>,
+    mut mem: EntryMem,
+) -> io::Result<()> {
+    let fd = se.ch.as_fd().as_raw_fd();
     let iov = Box::new(mem.iovecs());
     let slot = Arc::new(ReplySlot::default());
     let mut reply = Vec::new();
