@@ -370,6 +370,8 @@ fn serve_queue<FS: Filesystem>(
     let slot = Arc::new(ReplySlot::default());
     let mut reply = Vec::new();
     let mut scratch: Vec<u64> = Vec::new();
+    // Completions of one wait, taken out of the ring (pushing the next command needs it).
+    let mut cqes: Vec<cqueue::Entry> = Vec::with_capacity(4);
 
     let register = || {
         // The kernel reads the iovecs while the SQE is submitted; `iov` outlives the ring.
@@ -393,8 +395,9 @@ fn serve_queue<FS: Filesystem>(
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
             Err(e) => return Err(e),
         }
-        let cqes: Vec<cqueue::Entry> = ring.completion().collect();
-        for cqe in cqes {
+        cqes.clear();
+        cqes.extend(ring.completion());
+        for cqe in cqes.drain(..) {
             if cqe.user_data() == UD_STOP {
                 return Ok(());
             }
