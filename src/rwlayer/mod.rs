@@ -128,7 +128,7 @@ pub fn lower_chain(dir: &Path) -> Option<String> {
 }
 
 /// Seconds and nanoseconds since the epoch.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Ts {
     pub sec: i64,
     pub nsec: u32,

@@ -86,8 +86,7 @@ impl View {
     }
 
     fn lower_file(&self, layer: u16, file: u32) -> Res<File> {
-        let dir = self.lower_data.get(layer as usize).ok_or(libc::EIO)?;
-        File::open(dir.join(file.to_string())).map_err(io_errno)
+        File::open(self.lower_path(layer, file)?).map_err(io_errno)
     }
 
     pub(super) fn backing(&self, ino: u64) -> Res<Arc<File>> {
@@ -219,7 +218,7 @@ impl View {
     }
 
     /// Moves a file with no data or inline data into a backing file of its own.
-    fn to_backing(&self, ino: u64, i: &mut Inode) -> Res<()> {
+    pub(super) fn to_backing(&self, ino: u64, i: &mut Inode) -> Res<()> {
         let bytes = match &mut i.data {
             Data::None => Vec::new(),
             Data::Inline(v) => std::mem::take(v),

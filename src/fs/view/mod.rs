@@ -28,6 +28,7 @@ use libc::c_int;
 use tracing::warn;
 
 mod data;
+mod host;
 mod inline;
 mod names;
 pub mod setid;
@@ -35,6 +36,7 @@ mod writeback;
 
 use super::tree::{MergedTree, Node, NodeKind};
 use crate::rwlayer::{Data, FIRST_UPPER_INO, FileKind, Inode, RwError, RwLayer, Ts};
+pub use host::{HostFile, HostStamp};
 use writeback::Dirty;
 
 /// An errno value.
