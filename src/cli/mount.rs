@@ -40,11 +40,14 @@ pub struct MountArgs {
     /// with it shows the changes again).
     #[arg(long, value_name = "DIR", requires = "rw")]
     pub layer: Option<PathBuf>,
-    /// How a read-only mount serves file data: `passthrough` (the kernel reads the layer
-    /// files itself), `cached` (reads through strata, kept in the page cache) or `no-open`
-    /// (no OPEN round trips at all; best for many small files read again and again).
-    #[arg(long, value_enum, default_value_t = Io::Passthrough)]
-    pub io: Io,
+    /// How file data is served. Read-only mounts: `passthrough` (the default: the kernel
+    /// reads the layer files itself), `cached` (reads through strata, kept in the page cache)
+    /// or `no-open` (no OPEN round trips at all; best for many small files read again and
+    /// again). Writable mounts: `no-open` (the default: no round trip per open, data through
+    /// strata and the page cache) or `passthrough` (the kernel reads and writes big files
+    /// itself, at kernel speed, for one OPEN and one RELEASE round trip per open; as root).
+    #[arg(long, value_enum)]
+    pub io: Option<Io>,
     /// Let other users (root too) into the mount. Root's mounts always are; without root
     /// this needs `user_allow_other` in /etc/fuse.conf (and is then the default).
     #[arg(long)]
@@ -188,8 +191,7 @@ pub fn mount(root: &Path, args: MountArgs) -> anyhow::Result<i32> {
         .arg(&mountpoint)
         .arg("--threads")
         .arg(args.threads.to_string())
-        .arg("--io")
-        .arg(args.io.flag())
+        .args(args.io.iter().flat_map(|io| ["--io", io.flag()]))
         .args(args.allow_other.then_some("--allow-other"))
         .args((args.io_uring == IoUring::Off).then_some("--io-uring=off"))
         .args(layer.iter().flat_map(|l| {
@@ -230,6 +232,11 @@ fn layer_dir(args: &MountArgs, mountpoint: &Path) -> anyhow::Result<Option<PathB
     let Some(layer) = &args.layer else {
         bail!("--rw needs --layer DIR: the directory that keeps the changes");
     };
+    if args.io == Some(Io::Cached) {
+        bail!(
+            "--io cached is for read-only mounts; a writable mount takes --io no-open (the default) or --io passthrough"
+        );
+    }
     let abs = std::path::absolute(layer)?;
     let probe = std::fs::canonicalize(&abs).unwrap_or(abs.clone());
     if probe.starts_with(mountpoint) {
@@ -308,7 +315,16 @@ fn serve_held(
     let acl = access.acl(args.allow_other)?;
     match layer {
         Some(dir) => {
-            let filesystem = fs::read_write(store.layers(), layers, dir)?;
+            // Passthrough needs CAP_SYS_ADMIN in the initial user namespace: without it every
+            // open would be refused one by one, so it is not asked for.
+            let passthrough = args.io == Some(Io::Passthrough) && access.passthrough;
+            if args.io == Some(Io::Passthrough) && !access.passthrough {
+                warn!(
+                    "--io passthrough needs root (CAP_SYS_ADMIN); files are read and written through strata"
+                );
+            }
+            let filesystem =
+                fs::read_write(store.layers(), layers, dir)?.with_passthrough(passthrough);
             // The layer directory records its lower chain now: it needs these layers for as
             // long as it exists.
             store.hold(
@@ -326,8 +342,8 @@ fn serve_held(
             serve_session(root, session, &args.image, mountpoint, say_ready, signals)
         }
         None => {
-            let filesystem =
-                fs::read_only(store.layers(), layers)?.with_mode(args.io.mode(&access));
+            let filesystem = fs::read_only(store.layers(), layers)?
+                .with_mode(args.io.unwrap_or(Io::Passthrough).mode(&access));
             let mut config = fs::read_only_config(FSNAME, args.threads);
             config.acl = acl;
             config.io_uring = args.io_uring == IoUring::Auto;

@@ -17,6 +17,7 @@ pub mod changes;
 mod fuse;
 mod listing;
 mod rwfuse;
+mod rwopen;
 pub mod tree;
 pub mod view;
 

@@ -11,29 +11,36 @@
 //! file stays alive while the kernel holds a reference to it (every entry reply counts one,
 //! FORGET drops them), which covers open files. OPENDIR is answered `ENOSYS` as well (no
 //! round trip per directory opened); READDIR offsets are then stable per name (`listing`).
+//! With `--io passthrough` (`with_passthrough`), OPEN and CREATE are answered instead, and a
+//! file whose bytes are all in one host file is opened through FUSE passthrough (`rwopen`
+//! decides): the kernel reads and writes it without strata, at the cost of an OPEN and a
+//! RELEASE round trip per open. While it is written that way, attributes take its size and
+//! times from the backing file, and the record gets them at its last close and at `fsync`.
 //! Without atomic O_TRUNC the kernel truncates with SETATTR. `FUSE_HANDLE_KILLPRIV_V2` leaves
 //! dropping setuid/setgid bits on write, truncate and chown to strata (the view applies the
 //! kernel's rules, `view::setid`): the kernel's own check cost a GETATTR per chown.
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
+use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use tracing::instrument;
+use tracing::{instrument, warn};
 
 use super::caller;
 use super::fuse::{reply_sized, to_time};
 use super::listing::{Listing, Listings};
+use super::rwopen::{self, Decision, Opens, Passed};
 use super::view::setid;
-use super::view::{Attr, Caller, SetAttr, View};
+use super::view::{Attr, Caller, HostFile, SetAttr, View};
 use crate::rwlayer::{FileKind, Ts};
 
 /// Every change goes through this mount, and the kernel updates or drops what it caches on
@@ -51,6 +58,12 @@ pub struct WritableFs {
     /// right after it is the kernel dropping file capabilities before a write (the mode
     /// stays), not `chown(path, -1, -1)`.
     caps_dropped: Mutex<HashSet<u64>>,
+    /// `--io passthrough` asked for; `passthrough` says whether the kernel granted it.
+    wants_passthrough: bool,
+    passthrough: bool,
+    /// O_TRUNC comes with OPEN (passthrough only): strata truncates there.
+    atomic_o_trunc: bool,
+    opens: Opens<Arc<BackingId>>,
 }
 
 /// The xattr that holds file capabilities.
@@ -67,6 +80,142 @@ impl WritableFs {
             view,
             listings: Listings::default(),
             caps_dropped: Mutex::default(),
+            wants_passthrough: false,
+            passthrough: false,
+            atomic_o_trunc: false,
+            opens: Opens::default(),
+        }
+    }
+
+    /// Opens files through FUSE passthrough where the kernel allows it (see the module doc).
+    pub fn with_passthrough(mut self, on: bool) -> Self {
+        self.wants_passthrough = on;
+        self
+    }
+
+    /// `a` as the kernel must see it: a file being written through passthrough has the size
+    /// and times of its backing file.
+    fn out(&self, mut a: Attr) -> FileAttr {
+        if let Some((f, since)) = self.opens.written(a.ino)
+            && let Ok(s) = rwopen::stamp(&f)
+        {
+            a.size = s.size;
+            if s.ctime > since {
+                a.mtime = s.mtime;
+                a.ctime = a.ctime.max(s.ctime);
+            }
+        }
+        fattr(&a)
+    }
+
+    /// Refuses (ETXTBSY, after waiting briefly for them to close) a change of `ino`'s size
+    /// while it is open through its lower file: those opens would go on reading the old bytes.
+    fn resizable(&self, ino: u64) -> Result<(), Errno> {
+        if !self.passthrough
+            || self
+                .opens
+                .wait_lower_closed(ino, std::time::Instant::now() + rwopen::BUSY_WAIT)
+        {
+            return Ok(());
+        }
+        warn!(
+            ino,
+            "resize refused: the file is open for reading through its lower layer"
+        );
+        Err(Errno::ETXTBSY)
+    }
+
+    /// Runs `f` (a change strata makes to `ino`'s data or attributes) with what writes
+    /// through passthrough changed recorded first, and marks the backing file's new ctime
+    /// as strata's own afterwards.
+    fn changing<T>(&self, ino: u64, f: impl FnOnce() -> T) -> T {
+        self.opens.with_written(ino, |w| match w {
+            Some((file, since)) => {
+                if let Ok(s) = rwopen::stamp(file) {
+                    let _ = self.view.take_host_writes(ino, &s, &since);
+                }
+                let out = f();
+                (out, rwopen::stamp(file).ok().map(|s| s.ctime))
+            }
+            None => (f(), None),
+        })
+    }
+
+    /// Answers an open of `ino` (just created if `created`): through passthrough where
+    /// `rwopen` says so, else through the page cache. `Err` for an open that must fail.
+    fn open_file(
+        &self,
+        ino: u64,
+        write: bool,
+        caller: &caller::Requester,
+        register: impl Fn(&File) -> std::io::Result<BackingId>,
+    ) -> Result<Opened, Errno> {
+        let deadline = std::time::Instant::now() + rwopen::BUSY_WAIT;
+        let mut table = self.opens.lock();
+        loop {
+            let host = self.view.host_file(ino, write).map_err(e)?;
+            match table.decide(ino, host) {
+                Decision::Cached => return Ok(Opened::Cached(table.open_cached(ino))),
+                Decision::Share(id) => {
+                    if write && let Some(mode) = self.setid_dropped(ino, caller, false, true) {
+                        // A setuid/setgid bit set while the file was open through passthrough:
+                        // writes through it cannot drop it, so it goes now.
+                        let set = SetAttr {
+                            mode: Some(mode),
+                            ..SetAttr::default()
+                        };
+                        self.view.setattr(ino, &set).map_err(e)?;
+                    }
+                    let fh = table.open_passed(ino, None, write);
+                    return Ok(Opened::Passed(fh, id));
+                }
+                Decision::Register(h) => match self.register(ino, &h, &register) {
+                    Some(p) => {
+                        let id = p.id.clone();
+                        let fh = table.open_passed(ino, Some(p), write);
+                        return Ok(Opened::Passed(fh, id));
+                    }
+                    None => return Ok(Opened::Cached(table.open_cached(ino))),
+                },
+                Decision::Busy => {
+                    let (t, waited) = table.wait(deadline);
+                    table = t;
+                    if !waited {
+                        warn!(
+                            ino,
+                            "open refused: the file is open for reading through its lower layer"
+                        );
+                        return Err(Errno::ETXTBSY);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Registers host file `h` of `ino` with the kernel; `None` where that is refused or the
+    /// file is not what the record says (then the open goes through the page cache).
+    fn register(
+        &self,
+        ino: u64,
+        h: &HostFile,
+        register: &impl Fn(&File) -> std::io::Result<BackingId>,
+    ) -> Option<Passed<Arc<BackingId>>> {
+        let (path, lower) = match h {
+            HostFile::Lower(p) => (p, true),
+            HostFile::Backing(p) => (p, false),
+        };
+        let file = File::options().read(true).write(!lower).open(path);
+        let size = self.view.getattr(ino).map(|a| a.size);
+        let file = match (file, size) {
+            (Ok(f), Ok(size)) if f.metadata().is_ok_and(|m| m.len() == size) => f,
+            _ => return None,
+        };
+        match register(&file) {
+            Ok(id) => Some(Passed::new(Arc::new(id), Arc::new(file), lower)),
+            Err(err) => {
+                warn!(ino, error = %err, "FUSE passthrough refused for this file; it goes through strata");
+                None
+            }
         }
     }
 
@@ -81,7 +230,7 @@ impl WritableFs {
     /// Replies with an entry: the kernel holds one more reference to it from now on.
     fn entry(&self, reply: ReplyEntry, a: &Attr) {
         self.view.remember(&[a.ino]);
-        reply.entry(&TTL, &fattr(a), Generation(0));
+        reply.entry(&TTL, &self.out(a.clone()), Generation(0));
     }
 
     /// The mode a chown or a truncate leaves on `ino` when it drops a setuid or setgid bit,
@@ -134,6 +283,18 @@ fn ftype(k: FileKind) -> FileType {
         FileKind::BlockDev => FileType::BlockDevice,
     }
 }
+
+/// How an open was answered.
+enum Opened {
+    /// Through the page cache: handle.
+    Cached(u64),
+    /// Through passthrough: handle and backing file.
+    Passed(u64, Arc<BackingId>),
+}
+
+/// Flags of an open through the page cache: every change goes through this mount, so what
+/// the kernel cached stays right.
+const CACHED: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE.union(FopenFlags::FOPEN_NOFLUSH);
 
 fn fattr(a: &Attr) -> FileAttr {
     FileAttr {
@@ -206,6 +367,24 @@ impl Filesystem for WritableFs {
             | InitFlags::FUSE_MAX_PAGES
             | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         let _ = config.add_capabilities(wanted & config.capabilities());
+        if self.wants_passthrough {
+            self.passthrough = config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
+                && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(1).is_ok();
+            if !self.passthrough {
+                warn!(
+                    "FUSE passthrough refused by the kernel; files are read and written through strata"
+                );
+            } else if config
+                .capabilities()
+                .contains(InitFlags::FUSE_ATOMIC_O_TRUNC)
+            {
+                // O_TRUNC reaches OPEN, so an open that truncates a lower file is decided
+                // after the copy-up it causes (`open`), not before.
+                let _ = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC);
+                self.atomic_o_trunc = true;
+            }
+        }
         Ok(())
     }
 
@@ -229,7 +408,7 @@ impl Filesystem for WritableFs {
     #[instrument(level = "debug", skip_all, fields(ino = ino.0))]
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.view.getattr(ino.0) {
-            Ok(a) => reply.attr(&TTL, &fattr(&a)),
+            Ok(a) => reply.attr(&TTL, &self.out(a)),
             Err(x) => reply.error(e(x)),
         }
     }
@@ -276,6 +455,11 @@ impl Filesystem for WritableFs {
                 size.is_some(),
             )
         });
+        if size.is_some()
+            && let Err(x) = self.resizable(ino.0)
+        {
+            return reply.error(x);
+        }
         let set = SetAttr {
             mode,
             uid,
@@ -285,8 +469,8 @@ impl Filesystem for WritableFs {
             mtime: mtime.map(time_or_now),
             ctime: ctime.map(ts),
         };
-        match self.view.setattr(ino.0, &set) {
-            Ok(a) => reply.attr(&TTL, &fattr(&a)),
+        match self.changing(ino.0, || self.view.setattr(ino.0, &set)) {
+            Ok(a) => reply.attr(&TTL, &self.out(a)),
             Err(x) => reply.error(e(x)),
         }
     }
@@ -419,26 +603,121 @@ impl Filesystem for WritableFs {
         }
     }
 
-    /// `ENOSYS` once turns OPEN (and RELEASE) off for the connection: opening an existing file
-    /// costs no round trip. Reads, writes and fsync name the inode, which is all the view needs.
-    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        reply.error(Errno::ENOSYS);
+    /// Without passthrough, `ENOSYS` once turns OPEN (and RELEASE) off for the connection:
+    /// opening an existing file costs no round trip. Reads, writes and fsync name the inode,
+    /// which is all the view needs.
+    #[instrument(level = "debug", skip_all, fields(ino = ino.0, flags = flags.0))]
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if !self.passthrough {
+            return reply.error(Errno::ENOSYS);
+        }
+        if self.atomic_o_trunc && flags.0 & libc::O_TRUNC != 0 {
+            if let Err(x) = self.resizable(ino.0) {
+                return reply.error(x);
+            }
+            // The kernel checked write permission; mtime and ctime change as for any O_TRUNC.
+            let now = Ts::now();
+            let set = SetAttr {
+                size: Some(0),
+                mode: self.setid_dropped(ino.0, &requester(req), false, true),
+                mtime: Some(now),
+                ctime: Some(now),
+                ..SetAttr::default()
+            };
+            if let Err(x) = self.changing(ino.0, || self.view.setattr(ino.0, &set)) {
+                return reply.error(e(x));
+            }
+        }
+        let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
+        match self.open_file(ino.0, write, &requester(req), |f| reply.open_backing(f)) {
+            Ok(Opened::Cached(fh)) => reply.opened(FileHandle(fh), CACHED),
+            Ok(Opened::Passed(fh, id)) => {
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &id)
+            }
+            Err(x) => reply.error(x),
+        }
     }
 
-    /// `ENOSYS` once turns CREATE off for the connection: the kernel makes new files with
-    /// MKNOD and opens them without a round trip (OPEN is off too), so a created file costs no
-    /// RELEASE either.
+    /// Without passthrough, `ENOSYS` once turns CREATE off for the connection: the kernel
+    /// makes new files with MKNOD and opens them without a round trip (OPEN is off too), so a
+    /// created file costs no RELEASE either. With it, a new file gets an (empty) backing file
+    /// and is opened through it.
+    #[instrument(level = "debug", skip_all, fields(parent = parent.0, name = ?name))]
     fn create(
         &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
         _umask: u32,
-        _flags: i32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
-        reply.error(Errno::ENOSYS);
+        if !self.passthrough {
+            return reply.error(Errno::ENOSYS);
+        }
+        let mode = (mode & 0o7777) | libc::S_IFREG;
+        let a = match self
+            .view
+            .make(who(req), parent.0, name.as_bytes(), mode, 0, None)
+        {
+            Ok(a) => a,
+            Err(x) => return reply.error(e(x)),
+        };
+        self.view.remember(&[a.ino]);
+        if let Err(x) = self.view.back_new_file(a.ino) {
+            warn!(
+                ino = a.ino,
+                errno = x,
+                "no backing file for a new file; it goes through strata"
+            );
+        }
+        let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let attr = self.out(a.clone());
+        match self.open_file(a.ino, write, &requester(req), |f| reply.open_backing(f)) {
+            Ok(Opened::Cached(fh)) => {
+                reply.created(&TTL, &attr, Generation(0), FileHandle(fh), CACHED)
+            }
+            Ok(Opened::Passed(fh, id)) => reply.created_passthrough(
+                &TTL,
+                &attr,
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::FOPEN_NOFLUSH,
+                &id,
+            ),
+            Err(x) => reply.error(x),
+        }
+    }
+
+    /// The last writer through passthrough records the file's size and times; the last open
+    /// drops the backing file's registration.
+    #[instrument(level = "debug", skip_all, fields(ino = ino.0))]
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let released = self.opens.release(fh.0, |ino, file, since| {
+            if let Ok(s) = rwopen::stamp(file)
+                && let Err(x) = self.view.take_host_writes(ino, &s, &since)
+            {
+                warn!(
+                    ino,
+                    errno = x,
+                    "recording a file written through passthrough"
+                );
+            }
+        });
+        if released.is_none() {
+            warn!(ino = ino.0, fh = fh.0, "RELEASE of an unknown handle");
+        }
+        reply.ok();
     }
 
     #[instrument(level = "debug", skip_all, fields(ino = ino.0, offset, size))]
@@ -507,6 +786,8 @@ impl Filesystem for WritableFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        // What writes through passthrough changed reaches the record before it is flushed.
+        self.changing(ino.0, || ());
         match self.view.fsync(ino.0, datasync) {
             Ok(()) => reply.ok(),
             Err(x) => reply.error(e(x)),
@@ -593,7 +874,7 @@ impl Filesystem for WritableFs {
                 en.offset,
                 OsStr::from_bytes(&en.name),
                 &TTL,
-                &fattr(&a),
+                &self.out(a),
                 Generation(0),
             );
             if full {
@@ -684,7 +965,7 @@ impl Filesystem for WritableFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        match self.view.fallocate(ino.0, offset, length, mode) {
+        match self.changing(ino.0, || self.view.fallocate(ino.0, offset, length, mode)) {
             Ok(()) => reply.ok(),
             Err(x) => reply.error(e(x)),
         }
