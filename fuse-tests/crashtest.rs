@@ -19,6 +19,10 @@ const TESTS: &[(&str, fn())] = &[
         strata_keeps_every_fsynced_byte_across_sigkill_5_trials,
     ),
     (
+        "strata_passthrough_keeps_every_fsynced_byte_across_sigkill_5_trials",
+        strata_passthrough_keeps_every_fsynced_byte_across_sigkill_5_trials,
+    ),
+    (
         "engine_against_kernel_overlayfs",
         engine_against_kernel_overlayfs,
     ),
@@ -69,6 +73,7 @@ fn config(strata: Option<std::path::PathBuf>, trials: usize) -> engine::Config {
         }),
         keep: false,
         verbose: true,
+        mount_args: Vec::new(),
     }
 }
 
@@ -82,6 +87,23 @@ fn strata_keeps_every_fsynced_byte_across_sigkill_5_trials() {
             );
             assert_eq!(s.trials, 5);
             assert!(s.durable_records > 0);
+        }
+        Err(f) => panic!("{f}"),
+    }
+}
+
+/// The same with `mount --rw --io passthrough`: data written by the kernel straight into
+/// backing files, sizes and times recorded at fsync and close.
+fn strata_passthrough_keeps_every_fsynced_byte_across_sigkill_5_trials() {
+    let cfg = engine::Config {
+        mount_args: vec!["--io".into(), "passthrough".into()],
+        ..config(Some(strata_bin()), 5)
+    };
+    match engine::run(&cfg).expect("crash test setup") {
+        Ok(s) => {
+            assert_eq!(s.trials, 5);
+            assert!(s.durable_records > 0);
+            assert!(s.bytes_checked > 0, "{s:?}");
         }
         Err(f) => panic!("{f}"),
     }

@@ -39,6 +39,16 @@ fn strata_matches_kernel_overlayfs_100_seeds_x_300_ops() {
     assert_eq!(clean, 100 * 300);
 }
 
+/// The same against `mount --rw --io passthrough` (seeds 101–150: other sequences than above).
+#[test]
+fn strata_passthrough_matches_kernel_overlayfs_50_seeds_x_300_ops() {
+    let mut cfg = engine::Config::new(&sample_image(), Some(strata_bin()));
+    cfg.shrink_time = Duration::from_secs(120);
+    cfg.mount_args = vec!["--io".into(), "passthrough".into()];
+    let clean = run(cfg, 101..151, 300);
+    assert_eq!(clean, 50 * 300);
+}
+
 /// Both sides kernel overlayfs: every result and the final trees must be equal, so any
 /// mismatch here is a bug of the tester (or a nondeterminism it must not report).
 #[test]

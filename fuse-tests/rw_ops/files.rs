@@ -235,8 +235,26 @@ pub(crate) fn write_into_lower_file(b: &dyn Backend) {
     );
     drop(early);
 
-    // One byte in the middle of the 2 MB busybox binary; every other byte intact.
+    // A big lower file read through passthrough to the lower file cannot switch that fd, so
+    // opening it for writing or truncating it is refused while it is open.
     let bb = m.p("bin/busybox");
+    if b.lower_passthrough() {
+        let early = File::open(&bb).unwrap();
+        let err = OpenOptions::new().write(true).open(&bb).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ETXTBSY), "{err}");
+        let err = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .truncate(true)
+            .open(&bb);
+        assert_eq!(err.unwrap_err().raw_os_error(), Some(libc::ETXTBSY));
+        let err = truncate(&bb, lstat(&bb).len()).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ETXTBSY), "{err}");
+        drop(early);
+        // A RELEASE arrives after close returns: the next open waits for it.
+    }
+
+    // One byte in the middle of the 2 MB busybox binary; every other byte intact.
     let mut bwant = read(&bb);
     let off = bwant.len() / 2 + 7;
     bwant[off] = !bwant[off];

@@ -43,6 +43,10 @@ struct Args {
     keep: bool,
     #[arg(short, long)]
     verbose: bool,
+    /// One more argument for strata's `mount --rw` (repeat it: `--mount-arg=--io
+    /// --mount-arg=passthrough`).
+    #[arg(long, allow_hyphen_values = true)]
+    mount_arg: Vec<String>,
     /// Internal: run as the workload child with these JSON arguments.
     #[arg(long, hide = true)]
     child: Option<String>,
@@ -77,6 +81,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
         }),
         keep: args.keep,
         verbose: args.verbose,
+        mount_args: args.mount_arg,
     };
     println!(
         "crashtest: {} trials on {} (seeds {}..{})",

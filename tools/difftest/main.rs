@@ -53,6 +53,10 @@ struct Args {
     /// Print every operation and its result.
     #[arg(short, long)]
     verbose: bool,
+    /// One more argument for strata's `mount --rw` (repeat it: `--mount-arg=--io
+    /// --mount-arg=passthrough`).
+    #[arg(long, allow_hyphen_values = true)]
+    mount_arg: Vec<String>,
 }
 
 fn main() {
@@ -78,6 +82,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
     cfg.shrink_time = Duration::from_secs(args.shrink_secs);
     cfg.verbose = args.verbose;
     cfg.shrink = !args.keep_going;
+    cfg.mount_args = args.mount_arg;
     let mut t = engine::Tester::new(cfg)?;
     println!(
         "difftest: kernel overlayfs vs {}; seeds {first}..{} × {} operations",

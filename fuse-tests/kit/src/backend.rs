@@ -19,6 +19,12 @@ use crate::posix::pids_with_args;
 pub trait Backend {
     fn name(&self) -> &'static str;
     fn is_strata(&self) -> bool;
+    /// Files of the image are read through FUSE passthrough to the lower file (strata's
+    /// `--io passthrough`): a write open of such a file fails with ETXTBSY while an fd opened
+    /// before reads it that way, where kernel overlayfs switches that fd to the copy.
+    fn lower_passthrough(&self) -> bool {
+        false
+    }
     /// Mounts the sample image writable at `mnt` (an existing empty directory), with its changes
     /// in `layer` (created if missing). `Err` carries the failure's message (stderr).
     fn try_mount_at(&self, layer: &Path, mnt: &Path) -> Result<(), String>;
@@ -239,10 +245,12 @@ impl Backend for KernelOverlay {
 /// strata's CLI: `strata --root ROOT mount --rw strata-sample:latest MNT --layer LAYER -d`, with
 /// its own state root holding the loaded sample image. Requests come through FUSE over
 /// io_uring when the kernel offers it (`tools/test` turns fuse's `enable_uring` on), or only
-/// through `/dev/fuse` ([`Strata::dev_fuse`], `--io-uring=off`).
+/// through `/dev/fuse` ([`Strata::dev_fuse`], `--io-uring=off`); [`Strata::passthrough`]
+/// mounts with `--io passthrough`.
 pub struct Strata {
     root: tempfile::TempDir,
     io_uring: bool,
+    passthrough: bool,
 }
 
 impl Strata {
@@ -253,6 +261,16 @@ impl Strata {
         Strata {
             root,
             io_uring: true,
+            passthrough: false,
+        }
+    }
+
+    /// Mounts with `--io passthrough`: files whose bytes are in one host file are read and
+    /// written by the kernel through FUSE passthrough.
+    pub fn passthrough() -> Self {
+        Strata {
+            passthrough: true,
+            ..Self::new()
         }
     }
 
@@ -277,15 +295,19 @@ impl Default for Strata {
 
 impl Backend for Strata {
     fn name(&self) -> &'static str {
-        if self.io_uring {
-            "strata"
-        } else {
-            "strata (/dev/fuse)"
+        match (self.io_uring, self.passthrough) {
+            (_, true) => "strata (--io passthrough)",
+            (true, false) => "strata",
+            (false, false) => "strata (/dev/fuse)",
         }
     }
 
     fn is_strata(&self) -> bool {
         true
+    }
+
+    fn lower_passthrough(&self) -> bool {
+        self.passthrough
     }
 
     fn try_mount_at(&self, layer: &Path, mnt: &Path) -> Result<(), String> {
@@ -300,6 +322,9 @@ impl Backend for Strata {
         ];
         if !self.io_uring {
             args.push(OsStr::new("--io-uring=off"));
+        }
+        if self.passthrough {
+            args.extend([OsStr::new("--io"), OsStr::new("passthrough")]);
         }
         let (code, _out, err) = strata(self.root.path(), &args);
         if code != 0 {

@@ -18,6 +18,8 @@ pub struct Strata {
     pub bin: PathBuf,
     pub root: PathBuf,
     pub image: String,
+    /// More arguments for `mount --rw` (e.g. `--io passthrough`).
+    pub mount_args: Vec<String>,
 }
 
 impl Strata {
@@ -27,6 +29,7 @@ impl Strata {
             bin: bin.to_path_buf(),
             root: root.to_path_buf(),
             image: SAMPLE_IMAGE.to_string(),
+            mount_args: Vec::new(),
         };
         s.cmd(&[OsStr::new("load"), image_dir.join("oci").as_os_str()])?;
         Ok(s)
@@ -42,7 +45,7 @@ impl Strata {
 
     /// `strata mount --rw IMAGE MNT --layer LAYER -d`; returns the daemon's pid.
     pub fn mount_rw(&self, mnt: &Path, layer: &Path) -> anyhow::Result<i32> {
-        self.cmd(&[
+        let mut args = vec![
             OsStr::new("mount"),
             OsStr::new("--rw"),
             OsStr::new(&self.image),
@@ -50,7 +53,9 @@ impl Strata {
             OsStr::new("--layer"),
             layer.as_os_str(),
             OsStr::new("-d"),
-        ])?;
+        ];
+        args.extend(self.mount_args.iter().map(OsStr::new));
+        self.cmd(&args)?;
         self.daemon_pid(mnt)
             .with_context(|| format!("no mount record for {} after mount", mnt.display()))
     }

@@ -31,6 +31,8 @@ pub struct Config {
     /// Keep each trial's directory (journal, layer) after a failure.
     pub keep: bool,
     pub verbose: bool,
+    /// More arguments for strata's `mount --rw` (e.g. `--io passthrough`).
+    pub mount_args: Vec<String>,
 }
 
 #[derive(Default, Debug)]
@@ -106,11 +108,10 @@ impl Drop for TrialGuard {
 pub fn run(cfg: &Config) -> anyhow::Result<Result<Summary, TrialFailure>> {
     let work = tempfile::Builder::new().prefix("crashtest-").tempdir()?;
     let target = match &cfg.strata {
-        Some(bin) => Target::Strata(Strata::load(
-            bin,
-            &work.path().join("root"),
-            &cfg.image_dir,
-        )?),
+        Some(bin) => Target::Strata(Strata {
+            mount_args: cfg.mount_args.clone(),
+            ..Strata::load(bin, &work.path().join("root"), &cfg.image_dir)?
+        }),
         None => Target::Kernel(crate::extract_lowers(
             &crate::layer_tars(&cfg.image_dir),
             &work.path().join("lowers"),

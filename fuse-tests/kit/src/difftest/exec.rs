@@ -69,6 +69,36 @@ impl Side {
         })
     }
 
+    /// Whether a descriptor open read-only refers to the file at `path` (followed), and that
+    /// file has at least `min` bytes.
+    pub fn reading(&self, path: &[u8], min: u64) -> bool {
+        let Ok(target) = self
+            .openat2(path, OFlags::PATH, 0)
+            .and_then(|fd| rustix::fs::fstat(&fd).map_err(errno_of))
+        else {
+            return false;
+        };
+        if (target.st_size as u64) < min {
+            return false;
+        }
+        self.slots.iter().flatten().any(|fd| {
+            let read_only =
+                rustix::fs::fcntl_getfl(fd).is_ok_and(|f| f & OFlags::ACCMODE == OFlags::RDONLY);
+            read_only
+                && rustix::fs::fstat(fd)
+                    .is_ok_and(|s| (s.st_dev, s.st_ino) == (target.st_dev, target.st_ino))
+        })
+    }
+
+    /// What `op` does to this side when the other refused it with ETXTBSY: an `Open` still
+    /// closes what its slot held.
+    pub fn refused(&mut self, op: &Op) -> Res {
+        if let Op::Open { slot, .. } = op {
+            self.slots[*slot] = None;
+        }
+        Err(libc::ETXTBSY)
+    }
+
     pub fn close_all(&mut self) {
         for s in &mut self.slots {
             *s = None;

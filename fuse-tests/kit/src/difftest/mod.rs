@@ -74,6 +74,8 @@ pub struct Config {
     /// Shrink failures (off: report the first mismatch only, e.g. to survey many seeds).
     pub shrink: bool,
     pub verbose: bool,
+    /// More arguments for strata's `mount --rw` (e.g. `--io passthrough`).
+    pub mount_args: Vec<String>,
 }
 
 impl Config {
@@ -86,6 +88,7 @@ impl Config {
             shrink_time: Duration::from_secs(180),
             op_timeout: Duration::from_secs(60),
             fault: None,
+            mount_args: Vec::new(),
             shrink: true,
             verbose: false,
         }
@@ -220,7 +223,7 @@ impl Drop for Watchdog {
 enum SideB {
     Kernel(Overlay),
     Strata {
-        strata: Strata,
+        strata: Box<Strata>,
         /// The live mount of the current run.
         current: Option<StrataMount>,
         /// Detached mounts whose daemons may still be exiting: (pid, their directory).
@@ -291,6 +294,10 @@ impl Drop for SideB {
 }
 
 /// Runs sequences against a pair of fresh mounts per run.
+/// strata's `fs::view::LOWER_MIN`: with `--io passthrough`, lower files this big are read
+/// through passthrough to the lower file.
+const LOWER_PASSTHROUGH_MIN: u64 = 1 << 20;
+
 pub struct Tester {
     pub cfg: Config,
     pub pool: Pool,
@@ -301,6 +308,8 @@ pub struct Tester {
     watchdog: Watchdog,
     a: Overlay,
     b: SideB,
+    /// Side B is strata with `--io passthrough`.
+    lower_passthrough: bool,
     /// Last: removed after everything above is unmounted.
     _work: tempfile::TempDir,
 }
@@ -322,7 +331,10 @@ impl Tester {
         let b = match &cfg.strata {
             None => SideB::Kernel(Overlay::new(&lowers, &work.path().join("kernel-b"))?),
             Some(bin) => SideB::Strata {
-                strata: Strata::load(bin, &work.path().join("root"), &cfg.image_dir)?,
+                strata: Box::new(Strata {
+                    mount_args: cfg.mount_args.clone(),
+                    ..Strata::load(bin, &work.path().join("root"), &cfg.image_dir)?
+                }),
                 current: None,
                 exiting: Vec::new(),
                 runs: 0,
@@ -332,7 +344,14 @@ impl Tester {
         a.mount()?;
         let pool = Pool::learn(&a.mnt, &lowers)?;
         a.unmount()?;
+        let lower_passthrough = matches!(b, SideB::Strata { .. })
+            && cfg
+                .mount_args
+                .windows(2)
+                .any(|w| w[0] == "--io" && w[1] == "passthrough")
+            || cfg.mount_args.iter().any(|a| a == "--io=passthrough");
         Ok(Tester {
+            lower_passthrough,
             cfg,
             pool,
             ops_clean: 0,
@@ -393,7 +412,33 @@ impl Tester {
                 Op::Rename { from, .. } => parent_mtime(&mnt_a, from),
                 _ => None,
             };
-            let ra = a.exec(op);
+            // With `--io passthrough`, strata refuses to open for writing or to truncate a big
+            // file of the image while a descriptor reads it through its lower file (ETXTBSY,
+            // see `fs::rwopen`); kernel overlayfs switches that descriptor to the copy. That
+            // intended difference is not compared: such an operation refused on side B is not
+            // run on side A, so both trees stay the same.
+            let early_b = match op {
+                Op::Open { path, flags, .. }
+                    if self.lower_passthrough
+                        && (flags & libc::O_ACCMODE as u32 != 0
+                            || flags & libc::O_TRUNC as u32 != 0) =>
+                {
+                    Some(path)
+                }
+                Op::WriteFile { path, .. } | Op::Truncate { path, .. }
+                    if self.lower_passthrough =>
+                {
+                    Some(path)
+                }
+                _ => None,
+            }
+            .map(|path| (path, b.exec(op)));
+            let ra = match &early_b {
+                Some((path, Err(libc::ETXTBSY))) if b.reading(path, LOWER_PASSTHROUGH_MIN) => {
+                    a.refused(op)
+                }
+                _ => a.exec(op),
+            };
             // Kernel overlayfs copies a lower source directory up before it checks the target,
             // so a rename that then fails (ENOTEMPTY, …) still stamps the source's parent with
             // the current time (a failed renameat2 changed `d15`'s mtime, seed 5948); strata's
@@ -409,7 +454,9 @@ impl Tester {
             // longer than redirect_max); strata renames natively (DESIGN §4). That intended
             // difference is not compared: the rename is skipped on side B, so both trees
             // stay the same.
-            let rb = if matches!(op, Op::Rename { .. }) && ra == Err(libc::EXDEV) {
+            let rb = if let Some((_, rb)) = early_b {
+                rb
+            } else if matches!(op, Op::Rename { .. }) && ra == Err(libc::EXDEV) {
                 ra.clone()
             } else {
                 b.exec(op)
