@@ -16,9 +16,11 @@ import statistics
 import sys
 
 FS = [("kernel", "kernel"), ("fo110", "fo-1.10"), ("fo2", "fo-2.0"), ("strata", "strata"),
-      ("strata-no", "strata-no"), ("strata-dev", "strata-dev")]
-WRITE_FS = {"kernel", "fo110", "fo2", "strata", "strata-dev"}  # strata-no (--io no-open): read-only
-READ_FS = {"kernel", "fo110", "fo2", "strata", "strata-no"}  # strata-dev (--io-uring off): writable
+      ("strata-no", "strata-no"), ("strata-dev", "strata-dev"), ("strata-pt", "strata-pt")]
+# strata-no (--io no-open): read-only; strata-dev (--io-uring off) and strata-pt (--rw --io
+# passthrough): writable
+WRITE_FS = {"kernel", "fo110", "fo2", "strata", "strata-dev", "strata-pt"}
+READ_FS = {"kernel", "fo110", "fo2", "strata", "strata-no"}
 
 # key, label, kind: time (seconds, ratio to kernel) | rss (KiB -> MiB, no ratio) |
 # size (KiB -> MiB, no ratio) | derived | section (a heading line)
@@ -192,7 +194,8 @@ def main():
         lines.append(f"cpu idle driver: {info['cpuidle']}{why}")
     if "fuse_uring" in info:
         lines.append(f"FUSE over io_uring: {info['fuse_uring']} (strata's mounts use it; "
-                     "strata-dev: the writable mount through /dev/fuse)")
+                     "strata-dev: the writable mount through /dev/fuse; strata-pt: the writable mount with "
+                     "--io passthrough)")
     if "scratch_fs" in info:
         lines.append(f"writable mounts' upper / layer dirs on {info['scratch_fs']}")
     for fs, name in FS:
