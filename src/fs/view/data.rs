@@ -13,7 +13,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use super::setid::{self, InGroup};
-use super::{INLINE_MAX, OPEN_FILES, Res, State, View, io_errno, layer_errno};
+use super::{INLINE_MAX, OPEN_FILES, Res, State, View, io_errno};
 use crate::rwlayer::{CHUNK, Data, FileKind, Inode, Ts};
 
 fn bit(map: &[u8], c: u64) -> bool {
@@ -515,7 +515,7 @@ impl View {
             .map_err(io_errno)?;
         }
         self.write_behind()?;
-        self.layer.flush().map_err(layer_errno)
+        self.flush_and_reap()
     }
 }
 

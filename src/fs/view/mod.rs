@@ -120,6 +120,8 @@ pub struct View {
     flushing: Mutex<u64>,
     /// Wakes the write-behind thread early (see `writeback::BATCH_KEYS`).
     wake: Arc<writeback::Wake>,
+    /// Backing files of freed inodes, deleted once their records' removal is durable.
+    dead: Mutex<writeback::DeadFiles>,
 }
 
 /// The view's state, locked. Unlocking wakes the write-behind thread once enough records are
@@ -278,6 +280,7 @@ impl View {
             files: Mutex::new(HashMap::new()),
             flushing: Mutex::new(0),
             wake: Arc::default(),
+            dead: Mutex::default(),
         };
         v.collect_garbage()?;
         Ok(v)
