@@ -91,6 +91,53 @@ fn run_rm_returns_the_commands_exit_code() {
     assert!(left.is_empty(), "left behind: {left:?}");
 }
 
+/// `--storage-opt io=passthrough`: the rootfs opens big files through FUSE passthrough. What
+/// shows it from inside: a big lower file (the image's 16 MiB `srv/files/sparse-16M`) read
+/// through its lower file cannot be appended to until that reader closes (ETXTBSY), where
+/// the default rootfs lets it.
+#[test]
+fn storage_opt_io_passthrough_rootfs() {
+    let r = ContainerRoot::new();
+    let script = "exec 3</srv/files/sparse-16M; \
+                  if echo x >> /srv/files/sparse-16M; then echo appended; fi; exec 3<&-; \
+                  echo y >> /srv/files/sparse-16M && echo appended-after; \
+                  dd if=/dev/zero of=/big bs=1M count=8 2>/dev/null; wc -c < /big; \
+                  tail -c 2 /srv/files/sparse-16M";
+    let pt = r.run(&[
+        "run",
+        "--rm",
+        "--storage-opt",
+        "io=passthrough",
+        IMAGE,
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert_eq!(
+        (pt.code, pt.out.as_str()),
+        (0, "appended-after\n8388608\ny\n"),
+        "{pt:?}"
+    );
+    assert!(pt.err.contains("Text file busy"), "{pt:?}");
+    let default = r.run(&["run", "--rm", IMAGE, "sh", "-c", script]);
+    assert_eq!(
+        (default.code, default.out.as_str()),
+        (0, "appended\nappended-after\n8388608\ny\n"),
+        "{default:?}"
+    );
+    // Kept with the container: inspect says so, and a restart mounts the same way.
+    let id = st_ok(
+        r.path(),
+        &["create", "--storage-opt", "io=passthrough", IMAGE, "true"],
+    );
+    let inspect = st_ok(r.path(), &["inspect", id.trim()]);
+    assert!(inspect.contains(r#""io": "passthrough""#), "{inspect}");
+    st_ok(r.path(), &["rm", id.trim()]);
+    let bad = r.run(&["run", "--rm", "--storage-opt", "size=10G", IMAGE, "true"]);
+    assert_eq!(bad.code, 125, "{bad:?}");
+    assert!(bad.err.contains("io=passthrough"), "{bad:?}");
+}
+
 #[test]
 fn environment_workdir_user_and_hostname() {
     let r = ContainerRoot::new();

@@ -289,6 +289,7 @@ impl Runtime {
         if let Some(s) = &opts.stop_signal {
             spec::parse_signal(s)?;
         }
+        let rootfs_passthrough = spec::rootfs_passthrough(&opts.storage_opt)?;
         let exposed: Vec<String> = config.config.exposed_ports.keys().cloned().collect();
         let (net, _warnings) = crate::net::plan(&self.root, &opts.net, &exposed)?;
 
@@ -428,6 +429,7 @@ impl Runtime {
                 volumes: mounts,
                 exposed_ports: config.config.exposed_ports.keys().cloned().collect(),
                 net: net.clone(),
+                rootfs_passthrough,
             };
             store::write_json(&dir.join(store::CONFIG_FILE), &spec)?;
             store::write_state(&dir, &State::created())?;

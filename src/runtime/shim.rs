@@ -403,7 +403,11 @@ fn launch(root: &Path, c: &Container) -> Result<Running, Fail> {
     let filesystem = {
         let _s = info_span!("open_rootfs", layers = c.meta.layers.len()).entered();
         let store = ImageStore::open(root).map_err(fail_rt)?;
-        fs::read_write(store.layers(), &c.meta.layers, &c.dir.join(RW_DIR)).map_err(fail_rt)?
+        // Passthrough needs CAP_SYS_ADMIN in the initial user namespace (root's containers).
+        let passthrough = c.meta.rootfs_passthrough && crate::fs::access::passthrough_possible();
+        fs::read_write(store.layers(), &c.meta.layers, &c.dir.join(RW_DIR))
+            .map_err(fail_rt)?
+            .with_passthrough(passthrough)
     };
     let view = filesystem.view();
     match init::recv(&sync_r).map_err(fail_io("waiting for the container's init"))? {

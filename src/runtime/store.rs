@@ -60,6 +60,9 @@ pub struct ContainerMeta {
     pub exposed_ports: Vec<String>,
     #[serde(default)]
     pub net: crate::net::ContainerNet,
+    /// `--storage-opt io=passthrough`: the rootfs opens big files through FUSE passthrough.
+    #[serde(default)]
+    pub rootfs_passthrough: bool,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]

@@ -32,7 +32,9 @@ pub use oci::{
     Capabilities, CpuLimit, Device, Linux, MemoryLimit, Mount, Namespace, OCI_VERSION, PidsLimit,
     Process, Resources, Root, Spec, User,
 };
-pub use options::{CreateOptions, parse_bytes, parse_signal, split_user, user_field};
+pub use options::{
+    CreateOptions, parse_bytes, parse_signal, rootfs_passthrough, split_user, user_field,
+};
 pub use resolv::resolv_conf;
 pub use volumes::{VolumeArg, VolumeMount, image_volumes, parse_tmpfs, parse_volume};
 

@@ -1,6 +1,6 @@
 //! What `run`/`create` were asked (`CreateOptions`), and the parsing of single option values:
-//! sizes (`--memory`), signals (`--stop-signal`, `kill -s`), users (`-u`) and
-//! `--security-opt`.
+//! sizes (`--memory`), signals (`--stop-signal`, `kill -s`), users (`-u`), `--security-opt`
+//! and `--storage-opt`.
 //!
 //! Never does: build the spec (`build` does) or resolve names against the image's files.
 
@@ -39,6 +39,8 @@ pub struct CreateOptions {
     pub stop_timeout: Option<u64>,
     /// `--security-opt` (today: `seccomp=unconfined|default|FILE`).
     pub security_opt: Vec<String>,
+    /// `--storage-opt` (today: `io=no-open|passthrough`, see [`rootfs_passthrough`]).
+    pub storage_opt: Vec<String>,
     /// `--network`, `-p`, `-P`, `--network-alias`.
     pub net: crate::net::NetOptions,
 }
@@ -173,9 +175,45 @@ pub(super) fn security_options(opts: &[String]) -> Result<seccomp::Choice, Runti
     Ok(choice)
 }
 
+/// `--storage-opt` values: whether the rootfs (a writable mount) opens big files through
+/// FUSE passthrough (`io=passthrough`, as `strata mount --rw --io passthrough`) or not
+/// (`io=no-open`, the default; the last one wins); anything else is refused.
+pub fn rootfs_passthrough(opts: &[String]) -> Result<bool, RuntimeError> {
+    let mut on = false;
+    for o in opts {
+        match o.as_str() {
+            "io=passthrough" => on = true,
+            "io=no-open" => on = false,
+            _ => {
+                return Err(invalid(
+                    "storage option",
+                    o,
+                    "strata knows io=no-open (the default) and io=passthrough",
+                ));
+            }
+        }
+    }
+    Ok(on)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn storage_options() {
+        let v = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(!rootfs_passthrough(&[]).unwrap());
+        assert!(rootfs_passthrough(&v(&["io=passthrough"])).unwrap());
+        assert!(!rootfs_passthrough(&v(&["io=passthrough", "io=no-open"])).unwrap());
+        let e = rootfs_passthrough(&v(&["size=10G"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("size=10G") && e.contains("io=passthrough"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn sizes_and_signals() {
