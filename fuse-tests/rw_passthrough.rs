@@ -5,7 +5,6 @@
 //! mount goes through strata (which shows the counting can tell the two apart). The behaviour
 //! of every other operation in this mode is the `rw_ops` suite's (`strata_pt_*`).
 
-use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -13,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use strata_testkit::cli::{strata_io_env, strata_ok};
-use strata_testkit::mounts::{MountGuard, is_mounted, wait_unmounted};
+use strata_testkit::mounts::{MountGuard, daemon_logs, is_mounted, wait_unmounted};
 use strata_testkit::paths::{SAMPLE_IMAGE, sample_image};
 use strata_testkit::posix::{assert_bytes, pattern};
 
@@ -73,16 +72,7 @@ impl Run {
 
     /// The daemon's log so far (each mount starts its own).
     fn log(&self) -> String {
-        let mut all = String::new();
-        for e in std::fs::read_dir(self.root.path().join("mounts"))
-            .unwrap()
-            .flatten()
-        {
-            if e.path().extension() == Some(OsStr::new("log")) {
-                all += &std::fs::read_to_string(e.path()).unwrap_or_default();
-            }
-        }
-        all
+        daemon_logs(self.root.path())
     }
 }
 

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use strata_testkit::cli::{strata_io_env, strata_ok};
-use strata_testkit::mounts::{MountGuard, is_mounted, kill9, wait_unmounted};
+use strata_testkit::mounts::{MountGuard, daemon_logs, is_mounted, kill9, wait_unmounted};
 use strata_testkit::paths::{SAMPLE_IMAGE, sample_image};
 use strata_testkit::posix::{assert_bytes, pattern};
 
@@ -111,16 +111,7 @@ impl Run {
 
     /// The daemon's log (its stderr) so far: `ROOT/mounts/*.log`.
     fn log(&self) -> String {
-        let mut all = String::new();
-        for e in std::fs::read_dir(self.root.path().join("mounts"))
-            .unwrap()
-            .flatten()
-        {
-            if e.path().extension() == Some(OsStr::new("log")) {
-                all += &std::fs::read_to_string(e.path()).unwrap_or_default();
-            }
-        }
-        all
+        daemon_logs(self.root.path())
     }
 }
 

@@ -69,3 +69,18 @@ pub fn kill9(pid: i32) {
         let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
     }
 }
+
+/// What the mount daemons of state root `root` logged so far (`ROOT/mounts/*.log`, one per
+/// live or recent mount; each mount starts its own).
+pub fn daemon_logs(root: &Path) -> String {
+    let mut all = String::new();
+    let Ok(dir) = std::fs::read_dir(root.join("mounts")) else {
+        return all;
+    };
+    for e in dir.flatten() {
+        if e.path().extension() == Some(std::ffi::OsStr::new("log")) {
+            all += &std::fs::read_to_string(e.path()).unwrap_or_default();
+        }
+    }
+    all
+}
