@@ -8,73 +8,15 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use strata_testkit::cli::{strata_io_env, strata_ok};
-use strata_testkit::mounts::{MountGuard, daemon_logs, is_mounted, wait_unmounted};
-use strata_testkit::paths::{SAMPLE_IMAGE, sample_image};
+use strata_testkit::cli::strata_io_env;
+use strata_testkit::mounts::{LoggedMount, MountGuard, is_mounted};
+use strata_testkit::paths::SAMPLE_IMAGE;
 use strata_testkit::posix::{assert_bytes, pattern};
 
 const BIG: usize = 3 << 20;
-
-struct Run {
-    root: tempfile::TempDir,
-    _dir: tempfile::TempDir,
-    mnt: PathBuf,
-    layer: PathBuf,
-}
-
-impl Run {
-    fn new() -> Run {
-        let root = tempfile::tempdir().unwrap();
-        let oci = sample_image().join("oci");
-        strata_ok(root.path(), &["load", oci.to_str().unwrap()]);
-        let dir = tempfile::tempdir().unwrap();
-        let mnt = dir.path().join("mnt");
-        std::fs::create_dir(&mnt).unwrap();
-        let layer = dir.path().join("layer");
-        Run {
-            root,
-            _dir: dir,
-            mnt,
-            layer,
-        }
-    }
-
-    /// Mounts writable with `extra` flags and fuser's per-request debug lines in the log.
-    fn mount(&self, extra: &[&str]) {
-        let mut args = vec![
-            "mount",
-            SAMPLE_IMAGE,
-            self.mnt.to_str().unwrap(),
-            "-d",
-            "--rw",
-            "--layer",
-            self.layer.to_str().unwrap(),
-        ];
-        args.extend(extra);
-        let out = strata_io_env(
-            self.root.path(),
-            &args,
-            None,
-            Duration::from_secs(60),
-            &[("RUST_LOG", "strata=warn,fuser=debug")],
-        );
-        assert_eq!(out.code, 0, "mount {extra:?}: {}", out.err);
-        assert!(is_mounted(&self.mnt));
-    }
-
-    fn umount(&self) {
-        strata_ok(self.root.path(), &["umount", self.mnt.to_str().unwrap()]);
-        assert!(wait_unmounted(&self.mnt));
-    }
-
-    /// The daemon's log so far (each mount starts its own).
-    fn log(&self) -> String {
-        daemon_logs(self.root.path())
-    }
-}
 
 /// fuser's debug lines of requests with opcode `op`.
 fn requests(log: &str, op: &str) -> usize {
@@ -107,9 +49,9 @@ fn workload(m: &Path) -> Vec<u8> {
 
 #[test]
 fn passthrough_mount_reads_and_writes_without_strata_in_the_data_path() {
-    let r = Run::new();
+    let r = LoggedMount::new(&[]);
     let _guard = MountGuard(r.mnt.clone());
-    r.mount(&["--io", "passthrough"]);
+    r.mount_rw(&["--io", "passthrough"]);
     let busybox = workload(&r.mnt);
     let log = r.log();
     r.umount();
@@ -123,7 +65,7 @@ fn passthrough_mount_reads_and_writes_without_strata_in_the_data_path() {
 
     // After a remount without passthrough (strata reads the data itself): the same bytes,
     // size and times.
-    r.mount(&[]);
+    r.mount();
     let m = std::fs::metadata(r.mnt.join("big.bin")).unwrap();
     assert_eq!(m.len(), BIG as u64);
     assert_bytes(
@@ -146,9 +88,9 @@ fn passthrough_mount_reads_and_writes_without_strata_in_the_data_path() {
 
 #[test]
 fn default_writable_mount_serves_the_same_workload_through_strata() {
-    let r = Run::new();
+    let r = LoggedMount::new(&[]);
     let _guard = MountGuard(r.mnt.clone());
-    r.mount(&[]);
+    r.mount();
     workload(&r.mnt);
     let log = r.log();
     r.umount();
@@ -162,9 +104,9 @@ fn default_writable_mount_serves_the_same_workload_through_strata() {
 
 #[test]
 fn times_and_size_of_a_file_written_through_passthrough() {
-    let r = Run::new();
+    let r = LoggedMount::new(&[]);
     let _guard = MountGuard(r.mnt.clone());
-    r.mount(&["--io", "passthrough"]);
+    r.mount_rw(&["--io", "passthrough"]);
     let p = r.mnt.join("t.bin");
     let f = OpenOptions::new()
         .create(true)
@@ -199,7 +141,7 @@ fn times_and_size_of_a_file_written_through_passthrough() {
     let closed = std::fs::metadata(&p).unwrap();
     assert_eq!(closed.len(), 70_004);
     r.umount();
-    r.mount(&[]);
+    r.mount();
     let again = std::fs::metadata(&p).unwrap();
     assert_eq!(
         (again.len(), again.mtime(), again.mtime_nsec()),
@@ -216,7 +158,7 @@ fn times_and_size_of_a_file_written_through_passthrough() {
 
 #[test]
 fn writable_mount_refuses_io_cached() {
-    let r = Run::new();
+    let r = LoggedMount::new(&[]);
     let out = strata_io_env(
         r.root.path(),
         &[

@@ -14,9 +14,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use strata_testkit::cli::{strata_io_env, strata_ok};
-use strata_testkit::mounts::{MountGuard, daemon_logs, is_mounted, kill9, wait_unmounted};
-use strata_testkit::paths::{SAMPLE_IMAGE, sample_image};
+use strata_testkit::mounts::{LoggedMount, MountGuard, kill9};
 use strata_testkit::posix::{assert_bytes, pattern};
 
 const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
@@ -54,64 +52,6 @@ fn enable_uring() {
         .expect("this kernel has no FUSE over io_uring (Linux 6.14+ with CONFIG_FUSE_IO_URING)");
     if v.trim() != "Y" {
         std::fs::write(ENABLE_URING, "Y").expect("turn on fuse's enable_uring (as root)");
-    }
-}
-
-struct Run {
-    root: tempfile::TempDir,
-    _dir: tempfile::TempDir,
-    mnt: PathBuf,
-    layer: PathBuf,
-    flags: Vec<&'static str>,
-}
-
-impl Run {
-    fn new(flags: &[&'static str]) -> Run {
-        let root = tempfile::tempdir().unwrap();
-        let oci = sample_image().join("oci");
-        strata_ok(root.path(), &["load", oci.to_str().unwrap()]);
-        let dir = tempfile::tempdir().unwrap();
-        let mnt = dir.path().join("mnt");
-        std::fs::create_dir(&mnt).unwrap();
-        let layer = dir.path().join("layer");
-        Run {
-            _dir: dir,
-            mnt,
-            layer,
-            flags: flags.to_vec(),
-            root,
-        }
-    }
-
-    /// Mounts writable, with fuser's per-request debug lines on; the daemon writes them to
-    /// its log.
-    fn mount(&self) {
-        self.mount_with(&["--rw", "--layer", self.layer.to_str().unwrap()]);
-    }
-
-    fn mount_with(&self, extra: &[&str]) {
-        let mut args = vec!["mount", SAMPLE_IMAGE, self.mnt.to_str().unwrap(), "-d"];
-        args.extend(extra);
-        args.extend(&self.flags);
-        let out = strata_io_env(
-            self.root.path(),
-            &args,
-            None,
-            Duration::from_secs(60),
-            &[("RUST_LOG", "strata=warn,fuser=debug")],
-        );
-        assert_eq!(out.code, 0, "mount {:?}: {}", self.flags, out.err);
-        assert!(is_mounted(&self.mnt));
-    }
-
-    fn umount(&self) {
-        strata_ok(self.root.path(), &["umount", self.mnt.to_str().unwrap()]);
-        assert!(wait_unmounted(&self.mnt));
-    }
-
-    /// The daemon's log (its stderr) so far: `ROOT/mounts/*.log`.
-    fn log(&self) -> String {
-        daemon_logs(self.root.path())
     }
 }
 
@@ -187,11 +127,11 @@ fn served(log: &str) -> (Vec<&str>, Vec<&str>) {
 }
 
 fn run_both_ways(flags: &[&'static str]) -> (Vec<String>, String) {
-    run_both_ways_in(&Run::new(flags))
+    run_both_ways_in(&LoggedMount::new(flags))
 }
 
 /// Writes the workload, remounts, reads it back; returns the listing and both mounts' logs.
-fn run_both_ways_in(r: &Run) -> (Vec<String>, String) {
+fn run_both_ways_in(r: &LoggedMount) -> (Vec<String>, String) {
     let _guard = MountGuard(r.mnt.clone());
     r.mount();
     let names = write_side(&r.mnt);
@@ -259,7 +199,7 @@ fn io_uring_off_serves_everything_through_dev_fuse() {
 fn read_only_mount_serves_requests_through_io_uring_queues() {
     let _host = host();
     enable_uring();
-    let r = Run::new(&[]);
+    let r = LoggedMount::new(&[]);
     let _guard = MountGuard(r.mnt.clone());
     r.mount_with(&[]);
     let mut files = 0;
@@ -311,7 +251,7 @@ fn mount_falls_back_to_dev_fuse_when_the_kernel_refuses_io_uring() {
                 }
             }
         });
-        let r = Run::new(&[]);
+        let r = LoggedMount::new(&[]);
         roots.lock().unwrap().push(r.root.path().to_path_buf());
         let out = run_both_ways_in(&r);
         let _ = done.send(());

@@ -84,3 +84,76 @@ pub fn daemon_logs(root: &Path) -> String {
     }
     all
 }
+
+/// A state root holding the sample image, a mount point and a writable layer directory, for
+/// tests that read what strata's mount daemon logs: every mount runs with fuser's
+/// per-request debug lines on (`RUST_LOG=strata=warn,fuser=debug`), plus `flags`.
+pub struct LoggedMount {
+    pub root: tempfile::TempDir,
+    _dir: tempfile::TempDir,
+    pub mnt: PathBuf,
+    pub layer: PathBuf,
+    flags: Vec<&'static str>,
+}
+
+impl LoggedMount {
+    pub fn new(flags: &[&'static str]) -> LoggedMount {
+        let root = tempfile::tempdir().unwrap();
+        let oci = crate::paths::sample_image().join("oci");
+        crate::cli::strata_ok(root.path(), &["load", oci.to_str().unwrap()]);
+        let dir = tempfile::tempdir().unwrap();
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let layer = dir.path().join("layer");
+        LoggedMount {
+            root,
+            _dir: dir,
+            mnt,
+            layer,
+            flags: flags.to_vec(),
+        }
+    }
+
+    /// `mount --rw` with the layer directory.
+    pub fn mount(&self) {
+        self.mount_rw(&[]);
+    }
+
+    /// `mount --rw` with the layer directory and `extra` flags.
+    pub fn mount_rw(&self, extra: &[&str]) {
+        let mut args = vec!["--rw", "--layer", self.layer.to_str().unwrap()];
+        args.extend(extra);
+        self.mount_with(&args);
+    }
+
+    /// `mount IMAGE MNT -d` with `extra` flags (read-only unless they say `--rw`).
+    pub fn mount_with(&self, extra: &[&str]) {
+        let mut args = vec![
+            "mount",
+            crate::paths::SAMPLE_IMAGE,
+            self.mnt.to_str().unwrap(),
+            "-d",
+        ];
+        args.extend(extra);
+        args.extend(&self.flags);
+        let out = crate::cli::strata_io_env(
+            self.root.path(),
+            &args,
+            None,
+            Duration::from_secs(60),
+            &[("RUST_LOG", "strata=warn,fuser=debug")],
+        );
+        assert_eq!(out.code, 0, "mount {args:?}: {}", out.err);
+        assert!(is_mounted(&self.mnt));
+    }
+
+    pub fn umount(&self) {
+        crate::cli::strata_ok(self.root.path(), &["umount", self.mnt.to_str().unwrap()]);
+        assert!(wait_unmounted(&self.mnt));
+    }
+
+    /// The daemon's log (its stderr) so far ([`daemon_logs`]).
+    pub fn log(&self) -> String {
+        daemon_logs(self.root.path())
+    }
+}
