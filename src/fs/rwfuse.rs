@@ -131,9 +131,7 @@ impl WritableFs {
     fn changing<T>(&self, ino: u64, f: impl FnOnce() -> T) -> T {
         self.opens.with_written(ino, |w| match w {
             Some((file, since)) => {
-                if let Ok(s) = rwopen::stamp(file) {
-                    let _ = self.view.take_host_writes(ino, &s, &since);
-                }
+                self.record_host_writes(ino, file, since);
                 let out = f();
                 (out, rwopen::stamp(file).ok().map(|s| s.ctime))
             }
@@ -141,8 +139,19 @@ impl WritableFs {
         })
     }
 
-    /// Answers an open of `ino` (just created if `created`): through passthrough where
-    /// `rwopen` says so, else through the page cache. `Err` for an open that must fail.
+    /// Gives the record of `ino` what writes through its backing file `file` changed since
+    /// `since` (its ctime then).
+    fn record_host_writes(&self, ino: u64, file: &File, since: Ts) {
+        let recorded = rwopen::stamp(file)
+            .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
+            .and_then(|s| self.view.take_host_writes(ino, &s, &since));
+        if let Err(errno) = recorded {
+            warn!(ino, errno, "recording a file written through passthrough");
+        }
+    }
+
+    /// Answers an open of `ino`: through passthrough where `rwopen` says so, else through
+    /// the page cache. `Err` for an open that must fail.
     fn open_file(
         &self,
         ino: u64,
@@ -704,15 +713,7 @@ impl Filesystem for WritableFs {
         reply: ReplyEmpty,
     ) {
         let released = self.opens.release(fh.0, |ino, file, since| {
-            if let Ok(s) = rwopen::stamp(file)
-                && let Err(x) = self.view.take_host_writes(ino, &s, &since)
-            {
-                warn!(
-                    ino,
-                    errno = x,
-                    "recording a file written through passthrough"
-                );
-            }
+            self.record_host_writes(ino, file, since)
         });
         if released.is_none() {
             warn!(ino = ino.0, fh = fh.0, "RELEASE of an unknown handle");

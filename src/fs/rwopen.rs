@@ -133,11 +133,7 @@ pub struct Locked<'a, B> {
     map: MutexGuard<'a, HashMap<u64, InodeOpens<B>>>,
 }
 
-impl<B: Clone> Locked<'_, B> {
-    pub fn decide(&self, ino: u64, host: Option<HostFile>) -> Decision<B> {
-        decide(self.map.get(&ino), host)
-    }
-
+impl<B> Locked<'_, B> {
     /// Waits (unlocked) until some open closes or `deadline` passes; false once it passed.
     pub fn wait(mut self, deadline: Instant) -> (Self, bool) {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -151,6 +147,12 @@ impl<B: Clone> Locked<'_, B> {
             .unwrap_or_else(|e| e.into_inner());
         self.map = map;
         (self, true)
+    }
+}
+
+impl<B: Clone> Locked<'_, B> {
+    pub fn decide(&self, ino: u64, host: Option<HostFile>) -> Decision<B> {
+        decide(self.map.get(&ino), host)
     }
 
     /// Records an open through the page cache; returns its handle.
@@ -225,24 +227,21 @@ impl<B> Opens<B> {
     /// Waits until `ino` is not open through a lower file (false: still is at `deadline`).
     /// A change of its data (truncate) would leave those opens reading the old bytes.
     pub fn wait_lower_closed(&self, ino: u64, deadline: Instant) -> bool {
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut table = self.lock();
         loop {
-            let busy = map
+            let busy = table
+                .map
                 .get(&ino)
                 .and_then(|o| o.passed.as_ref())
                 .is_some_and(|p| p.lower);
             if !busy {
                 return true;
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            let (t, waited) = table.wait(deadline);
+            if !waited {
                 return false;
             }
-            map = self
-                .closed
-                .wait_timeout(map, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            table = t;
         }
     }
 
